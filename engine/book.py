@@ -1,0 +1,269 @@
+"""The reference order book: readable, pure Python, the behaviour to match.
+
+One ``Book`` holds the books of every instrument of an engine plus the index
+of all resting orders by id.  It knows prices (ticks), quantities (lots),
+accounts and time priority; it knows nothing of balances, fees or events.
+Two per-order values are opaque to it and only stored for the engine:
+``fee_numer`` (the order's cumulative fee numerator) and ``flags``.
+
+The Cython kernel (``ext/_cbook.pyx`` -> ``engine._cbook``) implements this
+same API with the same results; ``tests/test_book_diff.py`` holds them to it.
+
+Matching walks the opposite side best level first and each level in time
+order.  ``match`` returns one record per thing that happened to a resting
+order, in order:
+
+    (kind, maker_order_id, maker_account, price, qty, maker_remaining,
+     maker_fee_numer, maker_flags)
+
+``FILL`` — qty lots traded at price; ``MAKER_CANCELLED`` — self-trade
+prevention removed the resting order (qty = its open lots);
+``MAKER_DECREMENTED`` — ``decrement`` STP took qty lots off both orders
+(``maker_remaining`` 0 means the maker is gone); ``TAKER_CANCELLED`` — STP
+ends the incoming order here (maker fields describe the order it met).
+``maker_remaining`` is the maker's open lots after the record.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from sortedcontainers import SortedDict
+
+BUY, SELL = 0, 1
+STP_CANCEL_NEWEST, STP_CANCEL_OLDEST, STP_CANCEL_BOTH, STP_DECREMENT = 0, 1, 2, 3
+FILL, MAKER_CANCELLED, MAKER_DECREMENTED, TAKER_CANCELLED = 0, 1, 2, 3
+INT64_MAX = 2**63 - 1
+NO_BUDGET = INT64_MAX
+
+
+class _Order:
+    __slots__ = ("order_id", "instrument", "account", "side", "price", "qty", "fee_numer",
+                 "flags", "level")
+
+    def record(self):
+        return (self.instrument, self.account, self.side, self.price, self.qty,
+                self.fee_numer, self.flags)
+
+
+class _Level:
+    __slots__ = ("price", "orders", "qty")
+
+    def __init__(self, price: int):
+        self.price = price
+        self.orders: OrderedDict[int, _Order] = OrderedDict()   # time priority
+        self.qty = 0
+
+
+class Book:
+    """All instruments' price-level books; see the module docstring."""
+
+    implementation = "python"
+
+    def __init__(self, n_instruments: int):
+        self._orders: dict[int, _Order] = {}
+        # sides[instrument][side]: SortedDict price -> _Level (ascending price)
+        self._sides = [(SortedDict(), SortedDict()) for _ in range(n_instruments)]
+
+    def __len__(self) -> int:
+        return len(self._orders)
+
+    # ------------------------------------------------------------ queries
+    def get(self, order_id: int):
+        """(instrument, account, side, price, qty, fee_numer, flags) or None."""
+        o = self._orders.get(order_id)
+        return None if o is None else o.record()
+
+    def best_bid(self, instrument: int) -> int:
+        bids = self._sides[instrument][BUY]
+        return bids.peekitem(-1)[0] if bids else 0
+
+    def best_ask(self, instrument: int) -> int:
+        asks = self._sides[instrument][SELL]
+        return asks.peekitem(0)[0] if asks else 0
+
+    def crosses(self, instrument: int, side: int, price: int) -> bool:
+        """Would an order at ``price`` trade on arrival?"""
+        if side == BUY:
+            best = self.best_ask(instrument)
+            return best != 0 and best <= price
+        best = self.best_bid(instrument)
+        return best != 0 and best >= price
+
+    def depth(self, instrument: int, levels: int):
+        """([(price, qty)...] bids best first, [(price, qty)...] asks best first)."""
+        bids, asks = self._sides[instrument]
+        n = max(0, levels)
+        bid_list = [(lvl.price, lvl.qty) for lvl in bids.values()[::-1][:n]]
+        ask_list = [(lvl.price, lvl.qty) for lvl in asks.values()[:n]]
+        return bid_list, ask_list
+
+    def dump(self, instrument: int):
+        """Every resting order of an instrument in priority order (bids best
+        first, then asks best first; FIFO inside a level) as
+        (order_id, account, side, price, qty, fee_numer, flags).  ``add`` in
+        this order rebuilds the same book."""
+        bids, asks = self._sides[instrument]
+        out = []
+        for level in reversed(bids.values()):
+            out.extend((o.order_id, o.account, o.side, o.price, o.qty, o.fee_numer, o.flags)
+                       for o in level.orders.values())
+        for level in asks.values():
+            out.extend((o.order_id, o.account, o.side, o.price, o.qty, o.fee_numer, o.flags)
+                       for o in level.orders.values())
+        return out
+
+    # ------------------------------------------------------------ updates
+    def add(self, instrument: int, order_id: int, account: int, side: int, price: int,
+            qty: int, fee_numer: int, flags: int) -> None:
+        """Rest an order at the back of its price level."""
+        assert order_id not in self._orders, order_id
+        assert qty > 0, qty
+        assert price > 0, price
+        levels = self._sides[instrument][side]
+        level = levels.get(price)
+        if level is None:
+            level = levels[price] = _Level(price)
+        o = _Order()
+        o.order_id, o.instrument, o.account, o.side = order_id, instrument, account, side
+        o.price, o.qty, o.fee_numer, o.flags, o.level = price, qty, fee_numer, flags, level
+        level.orders[order_id] = o
+        level.qty += qty
+        self._orders[order_id] = o
+
+    def remove(self, order_id: int):
+        """Take an order off the book; returns its record (see ``get``) or None."""
+        o = self._orders.pop(order_id, None)
+        if o is None:
+            return None
+        self._unlink(o)
+        return o.record()
+
+    def reduce(self, order_id: int, qty: int) -> None:
+        """Lower an order's open quantity in place, keeping its time priority."""
+        o = self._orders[order_id]
+        assert 0 < qty <= o.qty, (qty, o.qty)
+        o.level.qty -= o.qty - qty
+        o.qty = qty
+
+    def set_fee(self, order_id: int, fee_numer: int) -> None:
+        self._orders[order_id].fee_numer = fee_numer
+
+    def _unlink(self, o: _Order) -> None:
+        level = o.level
+        del level.orders[o.order_id]
+        level.qty -= o.qty
+        if not level.orders:
+            del self._sides[o.instrument][o.side][level.price]
+
+    # ------------------------------------------------------------ matching
+    def match(self, instrument: int, side: int, limit: int, qty: int, budget: int, unit: int,
+              account: int, stp: int):
+        """Match an incoming order against the opposite side.
+
+        ``limit``: worst price accepted (ticks; for an uncapped market order pass
+        INT64_MAX to buy, 1 to sell).  ``qty``: lots wanted.  ``budget``: the
+        most notional (quote minor units) the order may spend, NO_BUDGET when
+        it is limited by qty alone; ``unit`` converts price*lots to notional.
+        ``account``/``stp`` drive self-trade prevention.  Returns the records.
+        """
+        out = []
+        levels = self._sides[instrument][SELL if side == BUY else BUY]
+        orders_index = self._orders
+        while qty > 0 and levels:
+            price, level = levels.peekitem(0) if side == BUY else levels.peekitem(-1)
+            if (price > limit) if side == BUY else (price < limit):
+                break
+            lot_cost = price * unit
+            resting = level.orders
+            while qty > 0 and resting:
+                o = resting[next(iter(resting))]
+                if o.account == account:
+                    if stp == STP_CANCEL_NEWEST:
+                        out.append((TAKER_CANCELLED, o.order_id, o.account, o.price, 0, o.qty,
+                                    o.fee_numer, o.flags))
+                        return out
+                    if stp == STP_DECREMENT:
+                        d = qty if qty < o.qty else o.qty
+                        qty -= d
+                        left = o.qty - d
+                        if left:
+                            o.qty = left
+                            level.qty -= d
+                        else:
+                            del orders_index[o.order_id]
+                            self._unlink(o)
+                        out.append((MAKER_DECREMENTED, o.order_id, o.account, o.price, d, left,
+                                    o.fee_numer, o.flags))
+                        continue
+                    # cancel_oldest / cancel_both: the resting order goes
+                    del orders_index[o.order_id]
+                    self._unlink(o)
+                    out.append((MAKER_CANCELLED, o.order_id, o.account, o.price, o.qty, 0,
+                                o.fee_numer, o.flags))
+                    if stp == STP_CANCEL_BOTH:
+                        out.append((TAKER_CANCELLED, o.order_id, o.account, o.price, 0, 0,
+                                    o.fee_numer, o.flags))
+                        return out
+                    continue
+                fill = qty if qty < o.qty else o.qty
+                if budget != NO_BUDGET:
+                    affordable = budget // lot_cost
+                    if affordable == 0:
+                        return out
+                    if affordable < fill:
+                        fill = affordable
+                    budget -= fill * lot_cost
+                qty -= fill
+                left = o.qty - fill
+                if left:
+                    o.qty = left
+                    level.qty -= fill
+                else:
+                    del orders_index[o.order_id]
+                    self._unlink(o)
+                out.append((FILL, o.order_id, o.account, price, fill, left, o.fee_numer, o.flags))
+        return out
+
+    def can_fill(self, instrument: int, side: int, limit: int, qty: int, account: int,
+                 stp: int) -> bool:
+        """Would ``match`` with these arguments (and no budget) trade all ``qty``?
+        Changes nothing.  Own orders met first end the walk, except under
+        ``cancel_oldest``, which would remove them and go on."""
+        levels = self._sides[instrument][SELL if side == BUY else BUY]
+        walk = levels.values() if side == BUY else reversed(levels.values())
+        for level in walk:
+            price = level.price
+            if (price > limit) if side == BUY else (price < limit):
+                return False
+            for o in level.orders.values():
+                if o.account == account:
+                    if stp == STP_CANCEL_OLDEST:
+                        continue
+                    return False
+                qty -= o.qty
+                if qty <= 0:
+                    return True
+        return False
+
+    # ------------------------------------------------------------ self-check
+    def validate(self) -> None:
+        """Slow walk over every invariant of the structure (tests only)."""
+        seen = 0
+        for instrument, (bids, asks) in enumerate(self._sides):
+            for side, levels in ((BUY, bids), (SELL, asks)):
+                for price, level in levels.items():
+                    assert level.price == price
+                    assert level.orders, f"empty level {price}"
+                    total = 0
+                    for oid, o in level.orders.items():
+                        assert o.order_id == oid
+                        assert self._orders.get(oid) is o, oid
+                        assert o.instrument == instrument and o.side == side and o.price == price
+                        assert o.level is level
+                        assert o.qty > 0
+                        total += o.qty
+                        seen += 1
+                    assert total == level.qty, (price, total, level.qty)
+            if bids and asks:
+                assert bids.peekitem(-1)[0] < asks.peekitem(0)[0], "crossed book"
+        assert seen == len(self._orders), (seen, len(self._orders))

@@ -1,0 +1,817 @@
+"""The engine: one deterministic state machine over balances and books.
+
+``Engine.submit(command) -> list[event]`` applies one command.  It is a pure
+function of the engine state and the command: no clock, no randomness, no
+I/O.  Every command (accepted or rejected) takes the next sequence number and
+every event it causes carries that ``seq``; order and trade ids are assigned in
+sequence.  Prices are ticks, quantities lots, amounts minor units (see
+``engine.domain``).
+
+Risk lives here: accepting an order locks what it may spend, every fill moves
+exactly what was locked, and every balance change is a ``Transfer`` event.
+Matching lives in the book (``engine.book`` or the Cython kernel); stop orders
+wait here until the last trade price triggers them.
+
+Bad input is answered with ``Rejected`` (reason strings in ``engine.reasons``)
+before any state changes.  A broken invariant is a bug and raises.
+"""
+from __future__ import annotations
+
+import hashlib
+import heapq
+import os
+
+import msgspec
+from sortedcontainers import SortedList
+
+from . import reasons as R
+from .book import (BUY, FILL, INT64_MAX, MAKER_CANCELLED, MAKER_DECREMENTED, NO_BUDGET, SELL,
+                   STP_CANCEL_BOTH, STP_CANCEL_NEWEST, STP_CANCEL_OLDEST, STP_DECREMENT,
+                   TAKER_CANCELLED)
+from .book import Book as PyBook
+from .domain import BPS, Asset, Instrument, Market, budget_notional, buy_reserve, fee_charged
+from .messages import (Accepted, Adjust, Adjusted, CancelOrder, Cancelled, Deposit, Halt, Halted,
+                       PlaceOrder, Rejected, ReplaceOrder, Replaced, Resume, Resumed, Trade,
+                       Transfer, Triggered, Withdraw)
+
+try:  # the optional Cython kernel, built from ext/ by setup.py
+    from ._cbook import Book as CBook
+except ImportError:  # pragma: no cover - depends on the build
+    CBook = None
+
+SYSTEM_OUTSIDE = 0          # the outside world: deposits come from it, withdrawals go to it
+SYSTEM_FEES = 1             # collects fees
+FIRST_USER_ACCOUNT = 2
+CLIENT_ORDER_ID_MAX = 64    # characters
+REF_MAX = 256               # characters of ref, admin, reason
+DEFAULT_MAX_OPEN_ORDERS = 1000
+SNAPSHOT_VERSION = 1
+
+AVAILABLE, LOCKED = "available", "locked"
+_SIDES = {"buy": BUY, "sell": SELL}
+_SIDE_NAMES = ("buy", "sell")
+_TYPES = frozenset({"limit", "market", "stop_limit", "stop_market"})
+_TIFS = frozenset({"gtc", "ioc", "fok"})
+_STPS = {"cancel_newest": STP_CANCEL_NEWEST, "cancel_oldest": STP_CANCEL_OLDEST,
+         "cancel_both": STP_CANCEL_BOTH, "decrement": STP_DECREMENT}
+_STP_NAMES = {v: k for k, v in _STPS.items()}
+
+# per resting order, opaque to the book: bit 0 post-only, bits 1-2 the STP mode
+FLAG_POST_ONLY = 1
+
+
+def _flags(post_only: bool, stp: int) -> int:
+    return (FLAG_POST_ONLY if post_only else 0) | (stp << 1)
+
+
+def available_books() -> list[str]:
+    """Book implementations importable here ("python" always)."""
+    return ["python", "cython"] if CBook is not None else ["python"]
+
+
+def default_book() -> str:
+    """What ``book="auto"`` picks: the Cython kernel when built, unless
+    EXCHANGE_PURE_PYTHON=1 forces the reference."""
+    if os.environ.get("EXCHANGE_PURE_PYTHON", "") not in ("", "0") or CBook is None:
+        return "python"
+    return "cython"
+
+
+def _book_class(book: str):
+    if book == "auto":
+        book = default_book()
+    if book == "python":
+        return PyBook
+    if book == "cython":
+        if CBook is None:
+            raise RuntimeError("book='cython' requested but engine._cbook is not built "
+                               "(pip install -e . with Cython and a C compiler)")
+        return CBook
+    raise ValueError(f"book must be 'auto', 'python' or 'cython', not {book!r}")
+
+
+class _Stop:
+    """A stop order waiting for its trigger (kept here, not in the book)."""
+    __slots__ = ("order_id", "account", "market", "side", "type", "tif", "price", "qty",
+                 "quote_qty", "stop_price", "stp", "client_order_id", "reserve")
+
+    def as_row(self):
+        return [self.order_id, self.account, self.market, self.side, self.type, self.tif,
+                self.price, self.qty, self.quote_qty, self.stop_price, self.stp,
+                self.client_order_id, self.reserve]
+
+
+class _Taker:
+    """An order while it matches: a new order, a triggered stop, or a resting
+    order that lost priority on replace."""
+    __slots__ = ("order_id", "account", "side", "limit", "qty", "quote_only", "budget",
+                 "locked", "fee_numer", "can_rest", "stp", "flags", "market_order")
+
+
+class _Snapshot(msgspec.Struct, array_like=True):
+    version: int
+    assets: list[Asset]
+    instruments: list[Instrument]
+    max_open_orders: int
+    seq: int
+    next_order_id: int
+    next_trade_id: int
+    balances: list[tuple[int, list[int]]]
+    markets: list[tuple[bool, int]]                   # (halted, last_price)
+    orders: list[list[tuple[int, int, int, int, int, int, int, int]]]  # per market, priority order
+    stops: list[list]                                 # _Stop rows, by order id
+    client_order_ids: list[tuple[int, str]]           # (order_id, client_order_id)
+
+
+class Engine:
+    """In-memory matching engine.  See the module docstring and README."""
+
+    def __init__(self, assets, instruments, *, book: str = "auto",
+                 max_open_orders: int = DEFAULT_MAX_OPEN_ORDERS):
+        assets = list(assets)
+        instruments = list(instruments)
+        if type(max_open_orders) is not int or max_open_orders < 1:
+            raise ValueError("max_open_orders must be an int >= 1")
+        self.assets = assets
+        self.instruments = instruments
+        self.max_open_orders = max_open_orders
+        self._asset_index: dict[str, int] = {}
+        for i, a in enumerate(assets):
+            if not isinstance(a, Asset):
+                raise TypeError(f"assets must be Asset, got {a!r}")
+            if a.name in self._asset_index:
+                raise ValueError(f"duplicate asset {a.name}")
+            self._asset_index[a.name] = i
+        self._asset_names = [a.name for a in assets]
+        self._markets: list[Market] = []
+        self._market_by_symbol: dict[str, Market] = {}
+        for i, ins in enumerate(instruments):
+            if not isinstance(ins, Instrument):
+                raise TypeError(f"instruments must be Instrument, got {ins!r}")
+            if ins.symbol in self._market_by_symbol:
+                raise ValueError(f"duplicate instrument {ins.symbol}")
+            m = Market(i, ins, self._asset_index, assets)
+            self._markets.append(m)
+            self._market_by_symbol[ins.symbol] = m
+        book_cls = _book_class(book)
+        self.book_implementation = book_cls.implementation
+        self._book = book_cls(len(self._markets))
+        # balances: account -> [available, locked] per asset, flattened
+        self._bal: dict[int, list[int]] = {
+            SYSTEM_OUTSIDE: [0] * (2 * len(assets)),
+            SYSTEM_FEES: [0] * (2 * len(assets)),
+        }
+        self._seq = 0
+        self._next_order_id = 1
+        self._next_trade_id = 1
+        self._stops: dict[int, _Stop] = {}
+        # per market: buy stops (stop_price, order_id) trigger when last >= stop,
+        # sell stops when last <= stop
+        self._buy_stops = [SortedList() for _ in self._markets]
+        self._sell_stops = [SortedList() for _ in self._markets]
+        self._open_count: dict[int, int] = {}
+        self._cid_to_order: dict[tuple[int, str], int] = {}
+        self._order_cid: dict[int, str] = {}
+        self._ev: list = []
+        self._handlers = {
+            PlaceOrder: self._place, CancelOrder: self._cancel, ReplaceOrder: self._replace,
+            Deposit: self._deposit, Withdraw: self._withdraw, Adjust: self._adjust,
+            Halt: self._halt, Resume: self._resume,
+        }
+
+    # ================================================================ public
+    @property
+    def seq(self) -> int:
+        """Sequence number of the last command applied (0 before any)."""
+        return self._seq
+
+    def submit(self, command) -> list:
+        """Apply one command; return the events it caused (all with its seq)."""
+        self._seq += 1
+        self._ev = ev = []
+        handler = self._handlers.get(type(command))
+        if handler is None:
+            ev.append(Rejected(self._seq, 0, "", R.INVALID_COMMAND))
+        else:
+            handler(command)
+        return ev
+
+    def balance(self, account: int, asset: str) -> tuple[int, int]:
+        """(available, locked) in minor units."""
+        i = self._asset_index[asset]
+        b = self._bal.get(account)
+        return (0, 0) if b is None else (b[2 * i], b[2 * i + 1])
+
+    def depth(self, symbol: str, levels: int = 10):
+        """(bids, asks): lists of (price_ticks, qty_lots), best first."""
+        return self._book.depth(self._market_by_symbol[symbol].index, levels)
+
+    def last_price(self, symbol: str) -> int:
+        """Price (ticks) of the last trade, 0 before the first."""
+        return self._market_by_symbol[symbol].last_price
+
+    def market(self, symbol: str) -> Market:
+        """The resolved instrument (limits as exact ints, halted, last price)."""
+        return self._market_by_symbol[symbol]
+
+    def order(self, order_id: int):
+        """An open order as a dict (resting or a waiting stop), else None."""
+        stop = self._stops.get(order_id)
+        if stop is not None:
+            return {"order_id": order_id, "status": "stop", "account": stop.account,
+                    "symbol": self._markets[stop.market].symbol, "side": _SIDE_NAMES[stop.side],
+                    "type": stop.type, "price": stop.price, "qty": stop.qty,
+                    "stop_price": stop.stop_price, "reserved": stop.reserve}
+        rec = self._book.get(order_id)
+        if rec is None:
+            return None
+        instrument, account, side, price, qty, fee_numer, flags = rec
+        m = self._markets[instrument]
+        return {"order_id": order_id, "status": "resting", "account": account,
+                "symbol": m.symbol, "side": _SIDE_NAMES[side], "type": "limit",
+                "price": price, "qty": qty, "post_only": bool(flags & FLAG_POST_ONLY),
+                "stp": _STP_NAMES[flags >> 1], "fee_numer": fee_numer,
+                "reserved": self._resting_reserve(m, side, price, qty, fee_numer),
+                "client_order_id": self._order_cid.get(order_id, "")}
+
+    def open_order_count(self, account: int) -> int:
+        return self._open_count.get(account, 0)
+
+    def accounts(self) -> list[int]:
+        return sorted(self._bal)
+
+    # ============================================================ snapshot
+    def snapshot(self) -> bytes:
+        """The whole state as bytes (configuration included).  Deterministic:
+        equal states give equal bytes, whichever book implementation runs."""
+        orders = []
+        for m in self._markets:
+            rows = []
+            for order_id, account, side, price, qty, fee_numer, flags in self._book.dump(m.index):
+                fee_whole, fee_frac = divmod(fee_numer, BPS)
+                rows.append((order_id, account, side, price, qty, fee_whole, fee_frac, flags))
+            orders.append(rows)
+        snap = _Snapshot(
+            SNAPSHOT_VERSION, self.assets, self.instruments, self.max_open_orders, self._seq,
+            self._next_order_id, self._next_trade_id,
+            [(acct, list(b)) for acct, b in sorted(self._bal.items())],
+            [(m.halted, m.last_price) for m in self._markets],
+            orders,
+            [self._stops[k].as_row() for k in sorted(self._stops)],
+            sorted(self._order_cid.items()),
+        )
+        return msgspec.msgpack.encode(snap)
+
+    @classmethod
+    def restore(cls, data: bytes, *, book: str = "auto") -> "Engine":
+        """A new Engine in exactly the state ``snapshot()`` captured (a
+        classmethod: the snapshot carries the configuration)."""
+        snap = msgspec.msgpack.decode(data, type=_Snapshot)
+        if snap.version != SNAPSHOT_VERSION:
+            raise ValueError(f"snapshot version {snap.version} is not {SNAPSHOT_VERSION}")
+        eng = cls(snap.assets, snap.instruments, book=book, max_open_orders=snap.max_open_orders)
+        eng._seq = snap.seq
+        eng._next_order_id = snap.next_order_id
+        eng._next_trade_id = snap.next_trade_id
+        eng._bal = {acct: list(b) for acct, b in snap.balances}
+        for m, (halted, last_price) in zip(eng._markets, snap.markets):
+            m.halted, m.last_price = halted, last_price
+        cids = dict(snap.client_order_ids)
+        for m, rows in zip(eng._markets, snap.orders):
+            for order_id, account, side, price, qty, fee_whole, fee_frac, flags in rows:
+                eng._book.add(m.index, order_id, account, side, price, qty,
+                              fee_whole * BPS + fee_frac, flags)
+                eng._register(order_id, account, cids.get(order_id, ""))
+        for row in snap.stops:
+            stop = _Stop()
+            (stop.order_id, stop.account, stop.market, stop.side, stop.type, stop.tif, stop.price,
+             stop.qty, stop.quote_qty, stop.stop_price, stop.stp, stop.client_order_id,
+             stop.reserve) = row
+            eng._add_stop(stop)
+            eng._register(stop.order_id, stop.account, stop.client_order_id)
+        return eng
+
+    def state_hash(self) -> str:
+        """Digest of the whole state: replay == live and restore == uninterrupted
+        become one comparison."""
+        return hashlib.blake2b(self.snapshot(), digest_size=16).hexdigest()
+
+    # ============================================================ self-check
+    def validate(self) -> None:
+        """Slow walk over every invariant (tests call it after each command):
+        per asset all buckets of all accounts sum to zero; nothing but account 0
+        is negative; each account's locked equals what its open orders reserve;
+        the book's own structure holds and no book is crossed."""
+        self._book.validate()
+        n_assets = len(self.assets)
+        for a in range(n_assets):
+            total = sum(b[2 * a] + b[2 * a + 1] for b in self._bal.values())
+            assert total == 0, f"{self._asset_names[a]} sums to {total}"
+        for acct, b in self._bal.items():
+            assert b[1::2] == [0] * n_assets or acct >= FIRST_USER_ACCOUNT, (acct, b)
+            if acct == SYSTEM_OUTSIDE:
+                continue
+            assert min(b) >= 0, f"account {acct} negative: {b}"
+        reserved: dict[tuple[int, int], int] = {}
+        count: dict[int, int] = {}
+        for m in self._markets:
+            for order_id, account, side, price, qty, fee_numer, flags in self._book.dump(m.index):
+                asset = m.quote if side == BUY else m.base
+                key = (account, asset)
+                reserved[key] = reserved.get(key, 0) + self._resting_reserve(
+                    m, side, price, qty, fee_numer)
+                count[account] = count.get(account, 0) + 1
+            bid, ask = self._book.best_bid(m.index), self._book.best_ask(m.index)
+            assert not (bid and ask and bid >= ask), f"{m.symbol} crossed {bid} >= {ask}"
+        for stop in self._stops.values():
+            m = self._markets[stop.market]
+            key = (stop.account, m.quote if stop.side == BUY else m.base)
+            reserved[key] = reserved.get(key, 0) + stop.reserve
+            count[stop.account] = count.get(stop.account, 0) + 1
+        for acct, b in self._bal.items():
+            for a in range(n_assets):
+                assert b[2 * a + 1] == reserved.get((acct, a), 0), \
+                    f"account {acct} {self._asset_names[a]} locked {b[2 * a + 1]} != reserved {reserved.get((acct, a), 0)}"
+        assert {k: v for k, v in self._open_count.items() if v} == count, (self._open_count, count)
+        assert len(self._cid_to_order) == len(self._order_cid)
+        for (acct, cid), oid in self._cid_to_order.items():
+            assert self._order_cid.get(oid) == cid
+            assert oid in self._stops or self._book.get(oid) is not None, oid
+
+    # ============================================================ internals
+    def _reject(self, account, client_order_id, reason, order_id=0):
+        self._ev.append(Rejected(self._seq, account if type(account) is int else 0,
+                                 client_order_id if type(client_order_id) is str else "",
+                                 reason, order_id if type(order_id) is int else 0))
+
+    def _balances(self, account: int) -> list[int]:
+        b = self._bal.get(account)
+        if b is None:
+            b = self._bal[account] = [0] * (2 * len(self.assets))
+        return b
+
+    def _transfer(self, asset: int, amount: int, source: int, source_locked: bool, target: int,
+                  target_locked: bool, kind: str, ref: str = "", order_id: int = 0,
+                  trade_id: int = 0) -> None:
+        """Move ``amount`` between two buckets and record it."""
+        assert amount > 0, amount
+        sb, tb = self._bal[source], self._bal[target]
+        si, ti = 2 * asset + source_locked, 2 * asset + target_locked
+        sb[si] -= amount
+        tb[ti] += amount
+        assert sb[si] >= 0 or source == SYSTEM_OUTSIDE, (source, asset, source_locked, sb[si])
+        self._ev.append(Transfer(self._seq, self._asset_names[asset], amount,
+                                 source, LOCKED if source_locked else AVAILABLE,
+                                 target, LOCKED if target_locked else AVAILABLE,
+                                 kind, ref, order_id, trade_id, sb[si], tb[ti]))
+
+    def _resting_reserve(self, m: Market, side: int, price: int, qty: int, fee_numer: int) -> int:
+        if side == BUY:
+            return buy_reserve(price, qty, fee_numer, m.notional_unit, m.reserve_bps)
+        return qty * m.base_unit
+
+    def _register(self, order_id: int, account: int, cid: str) -> None:
+        self._open_count[account] = self._open_count.get(account, 0) + 1
+        if cid:
+            self._cid_to_order[(account, cid)] = order_id
+            self._order_cid[order_id] = cid
+
+    def _close(self, order_id: int, account: int) -> None:
+        """The order is no longer open: forget its client id and count."""
+        self._open_count[account] -= 1
+        if self._order_cid:
+            cid = self._order_cid.pop(order_id, None)
+            if cid is not None:
+                del self._cid_to_order[(account, cid)]
+
+    def _add_stop(self, stop: _Stop) -> None:
+        self._stops[stop.order_id] = stop
+        lst = self._buy_stops if stop.side == BUY else self._sell_stops
+        lst[stop.market].add((stop.stop_price, stop.order_id))
+
+    def _discard_stop(self, stop: _Stop) -> None:
+        del self._stops[stop.order_id]
+        lst = self._buy_stops if stop.side == BUY else self._sell_stops
+        lst[stop.market].remove((stop.stop_price, stop.order_id))
+
+    # ------------------------------------------------------------ orders
+    def _place(self, c: PlaceOrder) -> None:
+        account, cid = c.account, c.client_order_id
+        if type(account) is not int or account < FIRST_USER_ACCOUNT:
+            return self._reject(account, cid, R.INVALID_ACCOUNT)
+        if type(cid) is not str or len(cid) > CLIENT_ORDER_ID_MAX:
+            return self._reject(account, cid, R.INVALID_CLIENT_ORDER_ID)
+        m = self._market_by_symbol.get(c.symbol) if type(c.symbol) is str else None
+        if m is None:
+            return self._reject(account, cid, R.UNKNOWN_SYMBOL)
+        side = _SIDES.get(c.side) if type(c.side) is str else None
+        if side is None:
+            return self._reject(account, cid, R.INVALID_SIDE)
+        otype, tif = c.type, c.tif
+        if type(otype) is not str or otype not in _TYPES:
+            return self._reject(account, cid, R.INVALID_TYPE)
+        if type(tif) is not str or tif not in _TIFS:
+            return self._reject(account, cid, R.INVALID_TIF)
+        stp = _STPS.get(c.stp) if type(c.stp) is str else None
+        if stp is None:
+            return self._reject(account, cid, R.INVALID_STP)
+        if m.halted:
+            return self._reject(account, cid, R.HALTED)
+        price, qty, quote_qty, stop_price, post_only = c.price, c.qty, c.quote_qty, c.stop_price, c.post_only
+        is_market = otype == "market" or otype == "stop_market"
+        is_stop = otype == "stop_limit" or otype == "stop_market"
+        if (type(post_only) is not bool
+                or (post_only and (is_market or is_stop or tif != "gtc"))
+                or (quote_qty is not None and (not is_market or side != BUY or tif == "fok"))
+                or (stop_price is not None and not is_stop)):
+            return self._reject(account, cid, R.INVALID_COMBINATION)
+        if is_market and side == BUY and quote_qty is None and price is None:
+            return self._reject(account, cid, R.MARKET_BUY_WITHOUT_LIMIT)
+        if (price is not None or not is_market) and (
+                type(price) is not int or not 1 <= price <= m.max_price):
+            return self._reject(account, cid, R.PRICE_OUT_OF_RANGE)
+        if is_stop and (type(stop_price) is not int or not 1 <= stop_price <= m.max_price):
+            return self._reject(account, cid, R.STOP_PRICE_OUT_OF_RANGE)
+        if quote_qty is not None and (type(quote_qty) is not int or not 1 <= quote_qty <= INT64_MAX):
+            return self._reject(account, cid, R.QUOTE_QTY_OUT_OF_RANGE)
+        quote_only = quote_qty is not None and qty == 0
+        if not quote_only and (type(qty) is not int or not m.min_qty <= qty <= m.max_qty):
+            return self._reject(account, cid, R.QTY_OUT_OF_RANGE)
+        if m.min_notional:
+            if quote_qty is not None:
+                notional = quote_qty
+            elif price is not None:
+                notional = price * qty * m.notional_unit
+            else:
+                notional = m.min_notional   # a market sell without a floor: its price is not known
+            if notional < m.min_notional:
+                return self._reject(account, cid, R.BELOW_MIN_NOTIONAL)
+        if cid and (account, cid) in self._cid_to_order:
+            return self._reject(account, cid, R.DUPLICATE_CLIENT_ORDER_ID)
+        may_rest = is_stop or (not is_market and tif == "gtc")
+        if may_rest and self._open_count.get(account, 0) >= self.max_open_orders:
+            return self._reject(account, cid, R.TOO_MANY_OPEN_ORDERS)
+        if post_only and self._book.crosses(m.index, side, price):
+            return self._reject(account, cid, R.POST_ONLY_WOULD_TRADE)
+        # risk: what the order may spend
+        if side == SELL:
+            asset, reserve = m.base, qty * m.base_unit
+        elif quote_qty is not None:
+            asset, reserve = m.quote, quote_qty
+        else:
+            asset, reserve = m.quote, buy_reserve(price, qty, 0, m.notional_unit, m.reserve_bps)
+        b = self._bal.get(account)
+        if b is None or b[2 * asset] < reserve:
+            return self._reject(account, cid, R.INSUFFICIENT_FUNDS)
+        if tif == "fok" and not is_stop and not self._book.can_fill(
+                m.index, side, (price if price is not None else (INT64_MAX if side == BUY else 1)),
+                qty, account, stp):
+            return self._reject(account, cid, R.FOK_UNFILLABLE)
+
+        # accepted
+        order_id = self._next_order_id
+        self._next_order_id = order_id + 1
+        self._ev.append(Accepted(self._seq, order_id, account, cid, m.symbol, c.side, price,
+                                 0 if quote_only else qty))
+        self._transfer(asset, reserve, account, False, account, True, "lock", order_id=order_id)
+        self._register(order_id, account, cid)
+        if is_stop:
+            stop = _Stop()
+            stop.order_id, stop.account, stop.market, stop.side = order_id, account, m.index, side
+            stop.type, stop.tif, stop.price, stop.qty = otype, tif, price, qty
+            stop.quote_qty, stop.stop_price, stop.stp = quote_qty, stop_price, stp
+            stop.client_order_id, stop.reserve = cid, reserve
+            self._add_stop(stop)
+        else:
+            t = _Taker()
+            t.order_id, t.account, t.side, t.qty = order_id, account, side, qty
+            t.locked, t.fee_numer, t.stp, t.flags = reserve, 0, stp, _flags(post_only, stp)
+            self._set_limits(t, m, is_market, tif, price, quote_qty)
+            self._take(m, t)
+        self._run_stops(m)
+
+    def _set_limits(self, t: _Taker, m: Market, is_market: bool, tif: str, price, quote_qty):
+        t.market_order = is_market
+        t.can_rest = not is_market and tif == "gtc"
+        if price is not None:
+            t.limit = price
+        else:
+            t.limit = INT64_MAX if t.side == BUY else 1
+        t.quote_only = quote_qty is not None and t.qty == 0
+        if t.quote_only:
+            t.qty = INT64_MAX
+        t.budget = NO_BUDGET if quote_qty is None else budget_notional(quote_qty, m.taker_bps)
+
+    def _take(self, m: Market, t: _Taker) -> None:
+        """Match ``t`` against the book, settle every fill, then rest or end it.
+        The caller runs ``_run_stops`` afterwards: fills may have moved the price."""
+        seq, ev, book = self._seq, self._ev, self._book
+        unit, base_unit = m.notional_unit, m.base_unit
+        maker_bps, taker_bps, reserve_bps = m.maker_bps, m.taker_bps, m.reserve_bps
+        side = t.side
+        taker_buys = side == BUY
+        side_name = _SIDE_NAMES[side]
+        account, order_id = t.account, t.order_id
+        records = book.match(m.index, side, t.limit, t.qty, t.budget, unit, account, t.stp)
+        stp_ended = False
+        for kind, maker_id, maker_account, price, qty, maker_left, maker_numer, maker_flags in records:
+            if kind == FILL:
+                trade_id = self._next_trade_id
+                self._next_trade_id = trade_id + 1
+                notional = price * qty * unit
+                base_amount = qty * base_unit
+                taker_numer = t.fee_numer + notional * taker_bps
+                taker_fee = fee_charged(taker_numer) - fee_charged(t.fee_numer)
+                t.fee_numer = taker_numer
+                new_maker_numer = maker_numer + notional * maker_bps
+                maker_fee = fee_charged(new_maker_numer) - fee_charged(maker_numer)
+                t.qty -= qty
+                if taker_buys:
+                    buyer, seller, buyer_fee, seller_fee = account, maker_account, taker_fee, maker_fee
+                    t.locked -= notional + taker_fee
+                else:
+                    buyer, seller, buyer_fee, seller_fee = maker_account, account, maker_fee, taker_fee
+                    t.locked -= base_amount
+                ev.append(Trade(seq, trade_id, m.symbol, price, qty, maker_id, order_id,
+                                maker_account, account, side_name, maker_fee, taker_fee,
+                                maker_left, 0 if t.quote_only else t.qty))
+                self._transfer(m.base, base_amount, seller, True, buyer, False, "trade",
+                               order_id=order_id, trade_id=trade_id)
+                self._transfer(m.quote, notional, buyer, True, seller, False, "trade",
+                               order_id=order_id, trade_id=trade_id)
+                if buyer_fee:
+                    self._transfer(m.quote, buyer_fee, buyer, True, SYSTEM_FEES, False, "fee",
+                                   order_id=order_id if taker_buys else maker_id, trade_id=trade_id)
+                if seller_fee:
+                    self._transfer(m.quote, seller_fee, seller, False, SYSTEM_FEES, False, "fee",
+                                   order_id=maker_id if taker_buys else order_id, trade_id=trade_id)
+                if not taker_buys:
+                    # the maker buyer held the worst-case fee; release what it did not cost
+                    release = (buy_reserve(price, qty + maker_left, maker_numer, unit, reserve_bps)
+                               - notional - maker_fee
+                               - buy_reserve(price, maker_left, new_maker_numer, unit, reserve_bps))
+                    assert release >= 0, release
+                    if release:
+                        self._transfer(m.quote, release, maker_account, True, maker_account, False,
+                                       "unlock", order_id=maker_id, trade_id=trade_id)
+                if maker_left:
+                    if new_maker_numer != maker_numer:
+                        book.set_fee(maker_id, new_maker_numer)
+                else:
+                    self._close(maker_id, maker_account)
+                m.last_price = price
+            elif kind == MAKER_CANCELLED:
+                self._release_resting(m, maker_id, maker_account, not taker_buys, price, qty,
+                                      maker_numer, 0)
+                ev.append(Cancelled(seq, maker_id, maker_account, qty, R.CANCEL_STP))
+                self._close(maker_id, maker_account)
+            elif kind == MAKER_DECREMENTED:
+                self._release_resting(m, maker_id, maker_account, not taker_buys, price,
+                                      qty + maker_left, maker_numer, maker_left)
+                if maker_left:
+                    ev.append(Replaced(seq, maker_id, maker_account, price, maker_left, True))
+                else:
+                    ev.append(Cancelled(seq, maker_id, maker_account, qty, R.CANCEL_STP))
+                    self._close(maker_id, maker_account)
+                t.qty -= qty
+                if t.qty:
+                    ev.append(Replaced(seq, order_id, account, 0 if t.market_order else t.limit,
+                                       0 if t.quote_only else t.qty, True))
+                else:
+                    ev.append(Cancelled(seq, order_id, account, qty, R.CANCEL_STP))
+            else:
+                assert kind == TAKER_CANCELLED, kind
+                stp_ended = True
+        # the rest of the order: rest it, or end it and release everything
+        if t.qty and t.can_rest and not stp_ended:
+            book.add(m.index, order_id, account, side, t.limit, t.qty, t.fee_numer, t.flags)
+            keep = self._resting_reserve(m, side, t.limit, t.qty, t.fee_numer)
+        else:
+            if t.qty and (stp_ended or not t.quote_only or t.locked):
+                ev.append(Cancelled(seq, order_id, account, 0 if t.quote_only else t.qty,
+                                    R.CANCEL_STP if stp_ended else R.CANCEL_IOC))
+            self._close(order_id, account)
+            keep = 0
+        release = t.locked - keep
+        assert release >= 0, (release, t.locked, keep)
+        if release:
+            self._transfer(m.quote if taker_buys else m.base, release, account, True, account,
+                           False, "unlock", order_id=order_id)
+
+    def _release_resting(self, m: Market, order_id: int, account: int, buys: bool, price: int,
+                         qty_before: int, fee_numer: int, qty_after: int) -> None:
+        """Unlock what a resting order reserved for the lots it no longer has."""
+        if buys:
+            amount = (buy_reserve(price, qty_before, fee_numer, m.notional_unit, m.reserve_bps)
+                      - buy_reserve(price, qty_after, fee_numer, m.notional_unit, m.reserve_bps))
+            asset = m.quote
+        else:
+            amount = (qty_before - qty_after) * m.base_unit
+            asset = m.base
+        if amount:
+            self._transfer(asset, amount, account, True, account, False, "unlock", order_id=order_id)
+
+    def _run_stops(self, m: Market) -> None:
+        """Trigger every stop the last trade price has reached, earliest
+        accepted first, until none is left (a triggered stop may trade and move
+        the price again)."""
+        buy_stops, sell_stops = self._buy_stops[m.index], self._sell_stops[m.index]
+        if not (buy_stops or sell_stops) or m.last_price == 0 or m.halted:
+            return
+        ready: list[int] = []
+        while True:
+            last = m.last_price
+            while buy_stops and buy_stops[0][0] <= last:
+                heapq.heappush(ready, buy_stops.pop(0)[1])
+            while sell_stops and sell_stops[-1][0] >= last:
+                heapq.heappush(ready, sell_stops.pop()[1])
+            if not ready:
+                return
+            stop = self._stops.pop(heapq.heappop(ready))
+            self._ev.append(Triggered(self._seq, stop.order_id, stop.account))
+            t = _Taker()
+            t.order_id, t.account, t.side, t.qty = stop.order_id, stop.account, stop.side, stop.qty
+            t.locked, t.fee_numer, t.stp, t.flags = stop.reserve, 0, stop.stp, _flags(False, stop.stp)
+            is_market = stop.type == "stop_market"
+            self._set_limits(t, m, is_market, stop.tif, stop.price, stop.quote_qty)
+            if stop.tif == "fok" and not self._book.can_fill(m.index, t.side, t.limit, t.qty,
+                                                             t.account, t.stp):
+                self._ev.append(Cancelled(self._seq, t.order_id, t.account, t.qty, R.CANCEL_FOK))
+                self._close(t.order_id, t.account)
+                self._transfer(m.quote if t.side == BUY else m.base, t.locked, t.account, True,
+                               t.account, False, "unlock", order_id=t.order_id)
+                continue
+            self._take(m, t)
+
+    def _cancel(self, c: CancelOrder) -> None:
+        account, order_id, cid = c.account, c.order_id, c.client_order_id
+        if type(account) is not int:
+            return self._reject(account, cid, R.INVALID_ACCOUNT)
+        if order_id is None:
+            if cid is None:
+                return self._reject(account, "", R.INVALID_COMBINATION)
+            if type(cid) is not str:
+                return self._reject(account, "", R.INVALID_CLIENT_ORDER_ID)
+            order_id = self._cid_to_order.get((account, cid))
+            if order_id is None:
+                return self._reject(account, cid, R.UNKNOWN_ORDER)
+        elif type(order_id) is not int:
+            return self._reject(account, cid, R.UNKNOWN_ORDER)
+        stop = self._stops.get(order_id)
+        if stop is not None and stop.account == account:
+            m = self._markets[stop.market]
+            self._discard_stop(stop)
+            self._ev.append(Cancelled(self._seq, order_id, account, stop.qty, R.CANCEL_USER))
+            self._close(order_id, account)
+            self._transfer(m.quote if stop.side == BUY else m.base, stop.reserve, account, True,
+                           account, False, "unlock", order_id=order_id)
+            return
+        rec = self._book.get(order_id)
+        if rec is None or rec[1] != account:
+            return self._reject(account, cid, R.UNKNOWN_ORDER, order_id)
+        instrument, _, side, price, qty, fee_numer, _ = self._book.remove(order_id)
+        m = self._markets[instrument]
+        self._ev.append(Cancelled(self._seq, order_id, account, qty, R.CANCEL_USER))
+        self._close(order_id, account)
+        self._release_resting(m, order_id, account, side == BUY, price, qty, fee_numer, 0)
+
+    def _replace(self, c: ReplaceOrder) -> None:
+        account, order_id, new_price, new_qty = c.account, c.order_id, c.price, c.qty
+        if type(account) is not int:
+            return self._reject(account, "", R.INVALID_ACCOUNT)
+        if type(order_id) is not int:
+            return self._reject(account, "", R.UNKNOWN_ORDER)
+        stop = self._stops.get(order_id)
+        if stop is not None and stop.account == account:
+            return self._reject(account, "", R.ORDER_NOT_REPLACEABLE, order_id)
+        rec = self._book.get(order_id)
+        if rec is None or rec[1] != account:
+            return self._reject(account, "", R.UNKNOWN_ORDER, order_id)
+        instrument, _, side, price, qty, fee_numer, flags = rec
+        m = self._markets[instrument]
+        cid = self._order_cid.get(order_id, "") if self._order_cid else ""
+        if m.halted:
+            return self._reject(account, cid, R.HALTED, order_id)
+        if new_price is None and new_qty is None:
+            return self._reject(account, cid, R.INVALID_COMBINATION, order_id)
+        if new_price is None:
+            new_price = price
+        elif type(new_price) is not int or not 1 <= new_price <= m.max_price:
+            return self._reject(account, cid, R.PRICE_OUT_OF_RANGE, order_id)
+        if new_qty is None:
+            new_qty = qty
+        elif type(new_qty) is not int or not m.min_qty <= new_qty <= m.max_qty:
+            return self._reject(account, cid, R.QTY_OUT_OF_RANGE, order_id)
+        if m.min_notional and new_price * new_qty * m.notional_unit < m.min_notional:
+            return self._reject(account, cid, R.BELOW_MIN_NOTIONAL, order_id)
+        seq, buys = self._seq, side == BUY
+        if new_price == price and new_qty <= qty:
+            # smaller (or equal) at the same price: keeps its place in the queue
+            if new_qty < qty:
+                self._book.reduce(order_id, new_qty)
+            self._ev.append(Replaced(seq, order_id, account, price, new_qty, True))
+            self._release_resting(m, order_id, account, buys, price, qty, fee_numer, new_qty)
+            return
+        if flags & FLAG_POST_ONLY and self._book.crosses(instrument, side, new_price):
+            return self._reject(account, cid, R.POST_ONLY_WOULD_TRADE, order_id)
+        old_reserve = self._resting_reserve(m, side, price, qty, fee_numer)
+        new_reserve = self._resting_reserve(m, side, new_price, new_qty, fee_numer)
+        asset = m.quote if buys else m.base
+        extra = new_reserve - old_reserve
+        if extra > self._bal[account][2 * asset]:
+            return self._reject(account, cid, R.INSUFFICIENT_FUNDS, order_id)
+        self._book.remove(order_id)
+        self._ev.append(Replaced(seq, order_id, account, new_price, new_qty, False))
+        if extra > 0:
+            self._transfer(asset, extra, account, False, account, True, "lock", order_id=order_id)
+        elif extra < 0:
+            self._transfer(asset, -extra, account, True, account, False, "unlock", order_id=order_id)
+        t = _Taker()
+        t.order_id, t.account, t.side, t.qty, t.limit = order_id, account, side, new_qty, new_price
+        t.locked, t.fee_numer, t.stp, t.flags = new_reserve, fee_numer, flags >> 1, flags
+        t.quote_only, t.budget, t.can_rest, t.market_order = False, NO_BUDGET, True, False
+        self._take(m, t)
+        self._run_stops(m)
+
+    # ------------------------------------------------------------ money in and out
+    def _money_args(self, c, min_account: int):
+        """Validate account/asset/amount/ref; returns (asset index, balances) or None."""
+        account, amount = c.account, c.amount
+        if type(account) is not int or account < min_account:
+            self._reject(account, "", R.INVALID_ACCOUNT)
+            return None
+        asset = self._asset_index.get(c.asset) if type(c.asset) is str else None
+        if asset is None:
+            self._reject(account, "", R.UNKNOWN_ASSET)
+            return None
+        if type(amount) is not int or amount == 0 or (amount < 0 and not isinstance(c, Adjust)):
+            self._reject(account, "", R.INVALID_AMOUNT)
+            return None
+        return asset, self._balances(account)
+
+    def _supply_room(self, asset: int) -> int:
+        """How much more of an asset may enter: total supply stays <= int64 max,
+        so no balance anywhere can overflow."""
+        return INT64_MAX + self._bal[SYSTEM_OUTSIDE][2 * asset]
+
+    def _deposit(self, c: Deposit) -> None:
+        if type(c.ref) is not str or len(c.ref) > REF_MAX:
+            return self._reject(c.account, "", R.INVALID_REF)
+        args = self._money_args(c, FIRST_USER_ACCOUNT)
+        if args is None:
+            return
+        asset, _ = args
+        if c.amount > self._supply_room(asset):
+            return self._reject(c.account, "", R.AMOUNT_OVERFLOW)
+        self._transfer(asset, c.amount, SYSTEM_OUTSIDE, False, c.account, False, "deposit", c.ref)
+
+    def _withdraw(self, c: Withdraw) -> None:
+        if type(c.ref) is not str or len(c.ref) > REF_MAX:
+            return self._reject(c.account, "", R.INVALID_REF)
+        args = self._money_args(c, SYSTEM_FEES)    # fees may be swept out of account 1
+        if args is None:
+            return
+        asset, b = args
+        if b[2 * asset] < c.amount:
+            return self._reject(c.account, "", R.INSUFFICIENT_FUNDS)
+        self._transfer(asset, c.amount, c.account, False, SYSTEM_OUTSIDE, False, "withdraw", c.ref)
+
+    def _adjust(self, c: Adjust) -> None:
+        for text in (c.admin, c.reason):
+            if type(text) is not str or not text or len(text) > REF_MAX:
+                return self._reject(c.account, "", R.INVALID_REF)
+        args = self._money_args(c, SYSTEM_FEES)
+        if args is None:
+            return
+        asset, b = args
+        amount = c.amount
+        if amount > 0 and amount > self._supply_room(asset):
+            return self._reject(c.account, "", R.AMOUNT_OVERFLOW)
+        if amount < 0 and b[2 * asset] < -amount:
+            return self._reject(c.account, "", R.INSUFFICIENT_FUNDS)
+        before = b[2 * asset]
+        self._ev.append(Adjusted(self._seq, c.account, c.asset, amount, c.admin, c.reason,
+                                 before, before + amount))
+        if amount > 0:
+            self._transfer(asset, amount, SYSTEM_OUTSIDE, False, c.account, False, "adjust", c.reason)
+        else:
+            self._transfer(asset, -amount, c.account, False, SYSTEM_OUTSIDE, False, "adjust", c.reason)
+
+    # ------------------------------------------------------------ instrument control
+    def _halt(self, c: Halt) -> None:
+        m = self._market_by_symbol.get(c.symbol) if type(c.symbol) is str else None
+        if m is None:
+            return self._reject(0, "", R.UNKNOWN_SYMBOL)
+        if m.halted:
+            return self._reject(0, "", R.ALREADY_HALTED)
+        m.halted = True
+        self._ev.append(Halted(self._seq, m.symbol))
+
+    def _resume(self, c: Resume) -> None:
+        m = self._market_by_symbol.get(c.symbol) if type(c.symbol) is str else None
+        if m is None:
+            return self._reject(0, "", R.UNKNOWN_SYMBOL)
+        if not m.halted:
+            return self._reject(0, "", R.NOT_HALTED)
+        m.halted = False
+        self._ev.append(Resumed(self._seq, m.symbol))

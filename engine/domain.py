@@ -1,0 +1,192 @@
+"""Assets, instruments and the exact-integer arithmetic of money.
+
+Inside the engine a price is an ``int`` count of ticks, a quantity an ``int``
+count of lots and an amount an ``int`` count of an asset's minor units.  This
+module converts decimal strings to those counts and back, refuses any value
+that is not a whole multiple, and refuses at load any instrument whose
+notional (``price_ticks * qty_lots * notional_unit``) would not be a whole
+number of quote minor units or could leave int64.  It never touches floats.
+"""
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+import msgspec
+
+INT64_MAX = 2**63 - 1
+BPS = 10_000                     # basis points in one
+FEE_BPS_MAX = BPS                # a fee can never exceed the notional
+SCALE_MAX = 18
+DEFAULT_MAX_PRICE_TICKS = 2**31 - 1
+
+
+def _decimal(value, what: str) -> Decimal:
+    if isinstance(value, float):
+        raise TypeError(f"{what} must be a decimal string or Decimal, not float")
+    try:
+        d = Decimal(value)
+    except (InvalidOperation, TypeError, ValueError):
+        raise ValueError(f"{what} is not a decimal number: {value!r}") from None
+    if not d.is_finite():
+        raise ValueError(f"{what} must be finite: {value!r}")
+    return d
+
+
+def _whole(d: Decimal, what: str) -> int:
+    if d != d.to_integral_value():
+        raise ValueError(f"{what} is not a whole number: {d}")
+    return int(d)
+
+
+class Asset(msgspec.Struct, frozen=True):
+    """An asset; ``scale`` is the number of decimal places of its minor unit."""
+    name: str
+    scale: int
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError("asset name must be a non-empty str")
+        if type(self.scale) is not int or not 0 <= self.scale <= SCALE_MAX:
+            raise ValueError(f"asset scale must be an int in 0..{SCALE_MAX}: {self.scale!r}")
+
+    def to_minor(self, amount) -> int:
+        """Decimal amount -> minor units; refuses sub-minor precision."""
+        return _whole(_decimal(amount, "amount").scaleb(self.scale), f"{amount} {self.name} in minor units")
+
+    def from_minor(self, amount_minor: int) -> Decimal:
+        return Decimal(amount_minor).scaleb(-self.scale)
+
+
+class Instrument(msgspec.Struct, frozen=True):
+    """A market: ``base`` traded against ``quote``.
+
+    ``price_tick`` and ``qty_lot`` are decimal strings.  ``min_qty``/``max_qty``
+    are in lots (``max_qty=None``: the largest that keeps every notional, fee
+    reservation included, within int64 at ``max_price``); ``max_price`` in
+    ticks (``None``: 2**31-1, lowered if needed so that ``max_qty >= min_qty``);
+    ``min_notional`` in quote minor units; fees in basis points.
+    """
+    symbol: str
+    base: str
+    quote: str
+    price_tick: str
+    qty_lot: str
+    min_qty: int = 1
+    max_qty: int | None = None
+    min_notional: int = 0
+    maker_fee_bps: int = 0
+    taker_fee_bps: int = 0
+    max_price: int | None = None
+
+    def __post_init__(self):
+        for field in ("symbol", "base", "quote"):
+            v = getattr(self, field)
+            if not isinstance(v, str) or not v:
+                raise ValueError(f"instrument {field} must be a non-empty str")
+        if self.base == self.quote:
+            raise ValueError(f"{self.symbol}: base and quote must differ")
+        for field in ("price_tick", "qty_lot"):
+            if _decimal(getattr(self, field), field) <= 0:
+                raise ValueError(f"{self.symbol}: {field} must be > 0")
+        for field in ("min_qty", "min_notional", "maker_fee_bps", "taker_fee_bps"):
+            v = getattr(self, field)
+            if type(v) is not int or v < 0:
+                raise ValueError(f"{self.symbol}: {field} must be an int >= 0: {v!r}")
+        if self.min_qty < 1:
+            raise ValueError(f"{self.symbol}: min_qty must be >= 1")
+        for field in ("maker_fee_bps", "taker_fee_bps"):
+            if getattr(self, field) > FEE_BPS_MAX:
+                raise ValueError(f"{self.symbol}: {field} must be <= {FEE_BPS_MAX}")
+        for field in ("max_qty", "max_price"):
+            v = getattr(self, field)
+            if v is not None and (type(v) is not int or v < 1):
+                raise ValueError(f"{self.symbol}: {field} must be None or an int >= 1: {v!r}")
+
+    # --- conversions between decimals and counts
+    def price_to_ticks(self, price) -> int:
+        return _whole(_decimal(price, "price") / Decimal(self.price_tick), f"{self.symbol} price {price} in ticks")
+
+    def ticks_to_price(self, ticks: int) -> Decimal:
+        return ticks * Decimal(self.price_tick)
+
+    def qty_to_lots(self, qty) -> int:
+        return _whole(_decimal(qty, "qty") / Decimal(self.qty_lot), f"{self.symbol} qty {qty} in lots")
+
+    def lots_to_qty(self, lots: int) -> Decimal:
+        return lots * Decimal(self.qty_lot)
+
+
+class Market:
+    """An instrument resolved against its assets: every limit an exact int.
+
+    Built once at engine load; refuses configurations that cannot be exact or
+    could overflow int64.  Mutable state: ``halted`` and ``last_price``.
+    """
+    __slots__ = ("index", "instrument", "symbol", "base", "quote", "base_name", "quote_name",
+                 "notional_unit", "base_unit", "min_qty", "max_qty", "max_price", "min_notional",
+                 "maker_bps", "taker_bps", "reserve_bps", "halted", "last_price")
+
+    def __init__(self, index: int, instrument: Instrument, asset_index: dict[str, int],
+                 assets: list[Asset]):
+        ins = instrument
+        if ins.base not in asset_index or ins.quote not in asset_index:
+            raise ValueError(f"{ins.symbol}: unknown asset {ins.base if ins.base not in asset_index else ins.quote}")
+        base, quote = assets[asset_index[ins.base]], assets[asset_index[ins.quote]]
+        self.index = index
+        self.instrument = ins
+        self.symbol = ins.symbol
+        self.base = asset_index[ins.base]
+        self.quote = asset_index[ins.quote]
+        self.base_name = ins.base
+        self.quote_name = ins.quote
+        tick, lot = Decimal(ins.price_tick), Decimal(ins.qty_lot)
+        self.notional_unit = _whole((tick * lot).scaleb(quote.scale),
+                                    f"{ins.symbol}: price_tick*qty_lot in {quote.name} minor units")
+        self.base_unit = _whole(lot.scaleb(base.scale), f"{ins.symbol}: qty_lot in {base.name} minor units")
+        if self.notional_unit < 1 or self.base_unit < 1:
+            raise ValueError(f"{ins.symbol}: tick and lot must be at least one minor unit")
+        self.maker_bps = ins.maker_fee_bps
+        self.taker_bps = ins.taker_fee_bps
+        self.reserve_bps = max(ins.maker_fee_bps, ins.taker_fee_bps)
+        # The largest notional an order may have: its buy reservation (notional
+        # plus the worst-case fee) must fit in int64.
+        notional_cap = INT64_MAX * BPS // (BPS + self.reserve_bps)
+        qty_cap = INT64_MAX // self.base_unit
+        max_price, max_qty = ins.max_price, ins.max_qty
+        if max_price is None:
+            per_lot = self.notional_unit * (max_qty if max_qty is not None else ins.min_qty)
+            max_price = min(DEFAULT_MAX_PRICE_TICKS, notional_cap // per_lot)
+        if max_qty is None:
+            max_qty = min(qty_cap, notional_cap // (max_price * self.notional_unit))
+        if max_price < 1 or max_qty < ins.min_qty:
+            raise ValueError(f"{ins.symbol}: no quantity in min_qty..max_qty fits int64 at max_price")
+        if max_qty > qty_cap or max_price * max_qty * self.notional_unit > notional_cap:
+            raise ValueError(f"{ins.symbol}: max_price * max_qty notional (plus fees) exceeds int64")
+        self.max_price = max_price
+        self.max_qty = max_qty
+        self.min_qty = ins.min_qty
+        self.min_notional = ins.min_notional
+        self.halted = False
+        self.last_price = 0          # 0: no trade yet
+
+
+# ------------------------------------------------------------------ fees
+# An order's fee state is the exact numerator sum(notional_i * bps_i) over its
+# fills; the fee charged so far is ceil(numerator / BPS).  A fill is charged the
+# difference, so rounding happens once on the cumulative amount and mixed maker
+# and taker fills never cost more than the reservation at the larger rate.
+
+def fee_charged(fee_numer: int) -> int:
+    return -(-fee_numer // BPS)
+
+
+def buy_reserve(price: int, qty: int, fee_numer: int, unit: int, reserve_bps: int) -> int:
+    """Quote minor units a buy order must hold for ``qty`` more lots at ``price``:
+    the notional plus the worst-case rise of its cumulative fee."""
+    notional = price * qty * unit
+    return notional + fee_charged(fee_numer + notional * reserve_bps) - fee_charged(fee_numer)
+
+
+def budget_notional(budget: int, taker_bps: int) -> int:
+    """The largest notional N with N + ceil(N * bps / BPS) <= budget."""
+    return budget * BPS // (BPS + taker_bps)
