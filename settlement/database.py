@@ -1,0 +1,95 @@
+"""Where the settlement database is: ``DATABASE_URL``, else an embedded server.
+
+``database_url()`` returns ``DATABASE_URL`` when it is set.  Otherwise it
+starts (or reuses) an embedded PostgreSQL from the ``pgserver`` package in a
+data folder, so a new user needs no server installed:
+
+- ``EXCHANGE_PGDATA`` names the folder when set;
+- else, in a source checkout, ``<checkout>/var/pgdata`` (``var/`` is git-ignored);
+- else the user's data folder (``platformdirs.user_data_dir("exchange-core")/pgdata``).
+
+The embedded server listens on a unix socket only (no TCP port), so its URL
+looks like ``postgresql://postgres:@/postgres?host=/path/to/socket-dir``;
+asyncpg and psql both take it.  It is stopped when the last process that
+asked for it exits, unless ``keep_running=True`` (``python -m settlement url``
+uses that; ``python -m settlement stop`` stops it).
+
+This module owns finding and starting the server; it never creates schemas.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["database_url", "default_pgdata", "embedded_server", "embedded_url", "stop_embedded",
+           "with_database", "ENV_URL", "ENV_PGDATA"]
+
+ENV_URL = "DATABASE_URL"
+ENV_PGDATA = "EXCHANGE_PGDATA"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def default_pgdata() -> Path:
+    """The embedded server's data folder (see the module docstring)."""
+    env = os.environ.get(ENV_PGDATA, "").strip()
+    if env:
+        return Path(env).expanduser().resolve()
+    checkout = _PACKAGE_DIR.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "engine").is_dir():
+        return checkout / "var" / "pgdata"
+    import platformdirs
+    return Path(platformdirs.user_data_dir("exchange-core")) / "pgdata"
+
+
+def database_url() -> str:
+    """``DATABASE_URL`` if set, else the URL of the embedded server (started
+    now if it is not running; this can take a few seconds the first time)."""
+    url = os.environ.get(ENV_URL, "").strip()
+    if url:
+        return url
+    return embedded_url()
+
+
+def _pgserver():
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless here
+        warnings.simplefilter("ignore")
+        import pgserver
+    return pgserver
+
+
+def embedded_server(pgdata: str | os.PathLike | None = None, *, keep_running: bool = False):
+    """Start (or attach to) the embedded server in ``pgdata`` and return the
+    ``pgserver.PostgresServer`` handle."""
+    pgserver = _pgserver()
+    path = Path(pgdata).expanduser().resolve() if pgdata is not None else default_pgdata()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return pgserver.get_server(path, cleanup_mode=None if keep_running else "stop")
+
+
+def embedded_url(pgdata: str | os.PathLike | None = None, *, keep_running: bool = False) -> str:
+    """URL of the embedded server in ``pgdata`` (default ``default_pgdata()``),
+    database ``postgres``."""
+    return embedded_server(pgdata, keep_running=keep_running).get_uri()
+
+
+def stop_embedded(pgdata: str | os.PathLike | None = None) -> bool:
+    """Stop the embedded server in ``pgdata`` if one runs; True if it did."""
+    pgserver = _pgserver()
+    from pgserver.utils import PostmasterInfo
+    path = Path(pgdata).expanduser().resolve() if pgdata is not None else default_pgdata()
+    info = PostmasterInfo.read_from_pgdata(path) if path.is_dir() else None
+    if info is None or not info.is_running():
+        return False
+    user = "pgserver" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    pgserver.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=path, user=user)
+    return True
+
+
+def with_database(url: str, database: str) -> str:
+    """``url`` pointing at another database on the same server (works for
+    TCP URLs and for the embedded server's unix-socket URL)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
