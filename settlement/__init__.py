@@ -1,4 +1,31 @@
-"""exchange-core settlement: engine events -> an immutable double-entry ledger in PostgreSQL."""
+"""exchange-core settlement: engine events -> an immutable double-entry ledger in PostgreSQL.
+
+Public API::
+
+    from settlement import SettlementWriter, migrate, database_url
+    url = database_url()          # DATABASE_URL, else the embedded server (pgserver)
+    await migrate(url)            # idempotent
+    writer = SettlementWriter(url, engine_id="main", assets=engine.assets,
+                              batch_rows_max=10_000, flush_interval_ms=20)
+    await writer.start()
+    await writer.put(events)      # one Engine.submit result; awaits only when the queue is full
+    await writer.flush()          # everything put so far is committed
+    await writer.close()
+
+Modules: ``database`` (where the server is), ``migrate`` (schema versions),
+``rows`` (the pure event -> row mapping), ``assets`` (asset registration),
+``writer`` (batches, transactions, retries).  ``python -m settlement`` is the CLI.
+"""
 from .assets import AssetMismatch, register_assets
 from .database import database_url, default_pgdata, embedded_url, stop_embedded, with_database
 from .migrate import MigrationError, migrate
+from .rows import BatchBuilder, MappingError
+from .writer import (DatabaseUnavailable, LedgerRejected, SettlementError, SettlementWriter,
+                     WriterStats)
+
+__all__ = [
+    "SettlementWriter", "migrate", "database_url",
+    "register_assets", "embedded_url", "default_pgdata", "stop_embedded", "with_database",
+    "SettlementError", "LedgerRejected", "DatabaseUnavailable", "MigrationError", "AssetMismatch",
+    "MappingError", "BatchBuilder", "WriterStats",
+]
