@@ -16,9 +16,9 @@ One transaction per batch, on one connection:
    or a replay), a batch that would leave a gap is refused;
 2. COPY transfers, trades, audit_log and the new orders;
 3. COPY the order updates and the aggregated balance deltas into temp tables,
-   then one ``UPDATE orders ... FROM`` and one ``INSERT INTO balances ... ON
-   CONFLICT DO UPDATE`` (one statement per batch, not per transfer), which also
-   returns every touched bucket whose new value differs from the balance the
+   then one ``UPDATE orders ... FROM`` and one ``UPDATE balances ... FROM``
+   (after inserting zero rows for new (account, asset) pairs; one statement per
+   batch, not per transfer), which also returns every touched bucket whose new value differs from the balance the
    engine reported after its last transfer -- any difference is a gap, a
    double booking or an engine bug, and stops the writer;
 4. advance ``last_seq``; COMMIT.
@@ -117,9 +117,16 @@ def is_transient(exc: BaseException, conn: asyncpg.Connection | None = None) -> 
     if isinstance(exc, asyncpg.PostgresError):
         code = exc.sqlstate or ""
         return code.startswith(_TRANSIENT_SQLSTATE_PREFIXES) or code in _TRANSIENT_SQLSTATES
-    if isinstance(exc, asyncpg.InterfaceError):
-        return conn is None or conn.is_closed()
-    return False
+    if isinstance(exc, (asyncpg.exceptions._base.DataError, asyncpg.ClientConfigurationError,
+                        asyncpg.exceptions._base.UnsupportedClientFeatureError,
+                        asyncpg.exceptions._base.UnsupportedServerFeatureError)):
+        return False        # a value or a setting this client refuses: the same every time
+    # "connection is closed", "another operation is in progress", "cannot switch
+    # to state ...": asyncpg's side of a connection the server killed under it
+    # (seen with pg_terminate_backend mid-COPY).  The connection is thrown
+    # away and the batch retried; a real bug still ends, after the bounded
+    # retries, as DatabaseUnavailable carrying this error.
+    return isinstance(exc, (asyncpg.InterfaceError, asyncpg.exceptions._base.InternalClientError))
 
 
 # ====================================================================== SQL
@@ -158,23 +165,29 @@ SELECT s.*, o.status AS current_status
 FROM settle_stage_orders s LEFT JOIN orders o USING (order_id)
 WHERE o.order_id IS NULL OR o.updated_seq <> s.updated_seq
 """
-_SQL_ACCOUNTS = """
+# Accounts and zero balance rows for whatever the batch touches first.  (The
+# deltas cannot go in through INSERT ... ON CONFLICT DO UPDATE: PostgreSQL
+# checks the proposed row -- a negative delta -- against the CHECKs before it
+# finds the conflict.)
+_SQL_PREPARE_BALANCES = """
 INSERT INTO accounts (id, kind)
 SELECT DISTINCT account_id, CASE WHEN account_id < 2 THEN 'system' ELSE 'user' END
 FROM settle_stage_balances
-ON CONFLICT (id) DO NOTHING
+ON CONFLICT (id) DO NOTHING;
+INSERT INTO balances (account_id, asset_id, available, locked, updated_seq)
+SELECT account_id, asset_id, 0, 0, updated_seq FROM settle_stage_balances
+ON CONFLICT (account_id, asset_id) DO NOTHING;
 """
-# One aggregated upsert for every touched (account, asset); returns the buckets
-# whose result differs from what the engine reported.
+# One aggregated update for every touched (account, asset); returns the buckets
+# whose result differs from what the engine reported after its last transfer.
 _SQL_APPLY_BALANCES = """
 WITH applied AS (
-    INSERT INTO balances AS b (account_id, asset_id, available, locked, updated_seq)
-    SELECT account_id, asset_id, available_delta, locked_delta, updated_seq
-    FROM settle_stage_balances
-    ON CONFLICT (account_id, asset_id) DO UPDATE
-        SET available   = b.available + EXCLUDED.available,
-            locked      = b.locked + EXCLUDED.locked,
-            updated_seq = EXCLUDED.updated_seq
+    UPDATE balances b
+    SET available   = b.available + s.available_delta,
+        locked      = b.locked + s.locked_delta,
+        updated_seq = s.updated_seq
+    FROM settle_stage_balances s
+    WHERE b.account_id = s.account_id AND b.asset_id = s.asset_id
     RETURNING b.account_id, b.asset_id, b.available, b.locked
 )
 SELECT a.account_id, a.asset_id, a.available, a.locked,
@@ -201,6 +214,7 @@ class WriterStats:
     rows: int = 0                # ledger rows copied (transfers + trades + audit_log + new orders)
     skipped_commands: int = 0    # put() at or below what was already committed or queued
     skipped_batches: int = 0     # batches found already committed (a retry after an unacknowledged COMMIT)
+    trimmed_batches: int = 0     # batches whose first commands another writer had committed
     retries: int = 0             # batch attempts that failed transiently
     reconnects: int = 0          # connections opened after the first
 
@@ -374,6 +388,20 @@ class SettlementWriter:
             await self._drop_connection(graceful=True)
         if self._failure is not None:
             raise self._failure
+
+    async def abort(self) -> None:
+        """Stop now without flushing: the batch in flight is rolled back (or,
+        if its COMMIT already went out, committed); everything uncommitted stays
+        in ``pending_events()``.  What a crash does, on purpose: a new writer
+        fed the stream again from seq 1 settles the rest exactly once."""
+        self._closing = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except BaseException:
+                pass
+        await self._drop_connection()
 
     async def __aenter__(self) -> "SettlementWriter":
         await self.start()
@@ -573,6 +601,7 @@ class SettlementWriter:
                 return
             if last >= b.first_seq:
                 # another writer of this engine committed a prefix of this batch
+                self.stats.trimmed_batches += 1
                 b = BatchBuilder(self._asset_ids)
                 for events in batch.commands:
                     if events[0].seq > last:
@@ -608,7 +637,7 @@ class SettlementWriter:
             balance_rows = b.balance_rows()
             await conn.copy_records_to_table("settle_stage_balances", records=balance_rows,
                                              columns=BALANCE_COLUMNS)
-            await conn.execute(_SQL_ACCOUNTS)
+            await conn.execute(_SQL_PREPARE_BALANCES)
             mismatched = await conn.fetch(_SQL_APPLY_BALANCES)
             if mismatched:
                 raise LedgerRejected(
