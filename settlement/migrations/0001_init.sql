@@ -16,7 +16,9 @@
 -- ------------------------------------------------------------------ helpers
 CREATE FUNCTION minor_to_decimal(amount_minor bigint, scale integer)
 RETURNS numeric LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT round(amount_minor::numeric / (10::numeric ^ scale), scale)
+    -- a multiplication by the exact literal 1e-scale: numeric division would
+    -- round to ~16 significant digits
+    SELECT amount_minor::numeric * ('1e' || (-scale)::text)::numeric
 $$;
 COMMENT ON FUNCTION minor_to_decimal(bigint, integer) IS
     'An amount in minor units as an exact NUMERIC with the asset''s scale.';
@@ -213,9 +215,13 @@ SELECT t.trade_id, t.seq, t.symbol, t.price_ticks, t.qty_lots,
        b.name AS base_asset, q.name AS quote_asset,
        minor_to_decimal(t.base_amount, b.scale) AS base_amount,
        minor_to_decimal(t.quote_amount, q.scale) AS quote_amount,
-       -- exact: a price has at most quote scale + base scale decimals
-       trim_scale(round(minor_to_decimal(t.quote_amount, q.scale)
-                        / minor_to_decimal(t.base_amount, b.scale), q.scale + b.scale)) AS price,
+       -- quote per one base unit, exact: a price has at most quote scale + base
+       -- scale decimals, so price * 10^(qs+bs) = quote_amount * 10^(2 bs) / base_amount
+       -- is a whole number (no numeric division, which rounds to ~16 digits)
+       trim_scale(minor_to_decimal(0, q.scale + b.scale)
+                  + div(t.quote_amount::numeric * ('1e' || (2 * b.scale)::text)::numeric,
+                        t.base_amount)
+                    * ('1e' || (-(q.scale + b.scale))::text)::numeric) AS price,
        t.maker_order_id, t.taker_order_id, t.maker_account, t.taker_account, t.taker_side,
        minor_to_decimal(t.maker_fee, q.scale) AS maker_fee,
        minor_to_decimal(t.taker_fee, q.scale) AS taker_fee,

@@ -1,0 +1,191 @@
+"""Schema and migrations on a real PostgreSQL: idempotence, constraints, triggers, views."""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from settlement import MigrationError, migrate, register_assets
+from settlement.assets import AssetMismatch
+from settlement.migrate import migrations
+from engine import Asset
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+async def _with_conn(url, fn):
+    conn = await asyncpg.connect(url)
+    try:
+        return await fn(conn)
+    finally:
+        await conn.close()
+
+
+def test_migrate_is_idempotent_and_recorded(make_db):
+    url = make_db(migrated=False)
+    versions = [m.version for m in migrations()]
+    assert _run(migrate(url)) == versions
+    assert _run(migrate(url)) == []
+    assert _run(migrate(url)) == []
+    rows = _run(_with_conn(url, lambda c: c.fetch("SELECT version, name, checksum FROM schema_migrations ORDER BY 1")))
+    assert [(r["version"], r["name"], r["checksum"]) for r in rows] == \
+        [(m.version, m.name, m.checksum) for m in migrations()]
+
+
+def test_concurrent_migrations_apply_each_file_once(make_db):
+    url = make_db(migrated=False)
+
+    async def main():
+        return await asyncio.gather(*(migrate(url) for _ in range(4)))
+
+    results = _run(main())
+    assert sorted(results, key=len) == [[], [], [], [m.version for m in migrations()]]
+
+
+def test_an_edited_migration_is_refused(db_url):
+    _run(_with_conn(db_url, lambda c: c.execute(
+        "UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")))
+    with pytest.raises(MigrationError, match="never edit"):
+        _run(migrate(db_url))
+
+
+def test_a_database_newer_than_the_code_is_refused(db_url):
+    _run(_with_conn(db_url, lambda c: c.execute(
+        "INSERT INTO schema_migrations (version, name, checksum) VALUES (9999, 'future', 'x')")))
+    with pytest.raises(MigrationError, match="does not know"):
+        _run(migrate(db_url))
+
+
+async def _seed(conn):
+    await register_assets(conn, [Asset("BTC", 8), Asset("USDT", 6)])
+    await conn.execute("INSERT INTO accounts (id, kind) VALUES (2, 'user')")
+    await conn.execute("""
+        INSERT INTO transfers (seq, event_index, asset_id, amount, source_account, source_bucket,
+                               target_account, target_bucket, kind, source_balance, target_balance)
+        VALUES (1, 0, 1, 5, 0, 'available', 2, 'available', 'deposit', -5, 5)""")
+    await conn.execute("""
+        INSERT INTO trades (trade_id, seq, event_index, symbol, price_ticks, qty_lots, base_asset_id,
+            quote_asset_id, base_amount, quote_amount, maker_order_id, taker_order_id,
+            maker_account, taker_account, taker_side, maker_fee, taker_fee,
+            maker_remaining_lots, taker_remaining_lots)
+        VALUES (1, 2, 0, 'BTC-USDT', 3000000, 1, 1, 2, 10000, 3000000, 1, 2, 2, 3, 'buy', 3, 6, 0, 0)""")
+    await conn.execute("""
+        INSERT INTO audit_log (seq, event_index, account_id, asset_id, amount, admin, reason,
+                               available_before, available_after)
+        VALUES (3, 0, 2, 1, -1, 'ops', 'why', 5, 4)""")
+
+
+@pytest.mark.parametrize("table", ["transfers", "trades", "audit_log"])
+@pytest.mark.parametrize("statement", ["UPDATE {t} SET seq = seq + 1", "DELETE FROM {t}",
+                                       "TRUNCATE {t}"])
+def test_ledger_tables_are_append_only(db_url, table, statement):
+    async def check(conn):
+        await _seed(conn)
+        with pytest.raises(asyncpg.RestrictViolationError, match="append-only"):
+            await conn.execute(statement.format(t=table))
+        assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 1
+    _run(_with_conn(db_url, check))
+
+
+@pytest.mark.parametrize("sql, constraint", [
+    ("INSERT INTO balances VALUES (2, 1, -1, 0, 1)", "balances_available_nonnegative"),
+    ("INSERT INTO balances VALUES (2, 1, 0, -1, 1)", "balances_locked_nonnegative"),
+    ("INSERT INTO balances VALUES (1, 1, -1, 0, 1)", "balances_available_nonnegative"),
+    ("INSERT INTO balances VALUES (1, 1, 0, 5, 1)", "balances_system_unlocked"),
+    ("INSERT INTO accounts VALUES (7, 'system')", "accounts_kind_by_id"),
+    ("INSERT INTO transfers (seq, event_index, asset_id, amount, source_account, source_bucket,"
+     " target_account, target_bucket, kind, source_balance, target_balance)"
+     " VALUES (9, 0, 1, 0, 0, 'available', 2, 'available', 'deposit', 0, 0)", "transfers_amount_check"),
+    ("INSERT INTO transfers (seq, event_index, asset_id, amount, source_account, source_bucket,"
+     " target_account, target_bucket, kind, source_balance, target_balance)"
+     " VALUES (9, 0, 1, 5, 0, 'available', 2, 'frozen', 'deposit', 0, 0)", "transfers_target_bucket_check"),
+    ("INSERT INTO transfers (seq, event_index, asset_id, amount, source_account, source_bucket,"
+     " target_account, target_bucket, kind, source_balance, target_balance)"
+     " VALUES (9, 0, 1, 5, 2, 'available', 2, 'available', 'lock', 0, 0)", "transfers_moves"),
+    ("INSERT INTO audit_log (seq, event_index, account_id, asset_id, amount, admin, reason,"
+     " available_before, available_after) VALUES (9, 0, 2, 1, 5, 'ops', 'x', 0, 6)",
+     "audit_log_arithmetic"),
+])
+def test_check_constraints(db_url, sql, constraint):
+    async def check(conn):
+        await _seed(conn)
+        with pytest.raises(asyncpg.CheckViolationError) as err:
+            await conn.execute(sql)
+        assert err.value.constraint_name == constraint
+    _run(_with_conn(db_url, check))
+
+
+def test_the_outside_world_may_go_negative(db_url):
+    async def check(conn):
+        await _seed(conn)
+        await conn.execute("INSERT INTO balances VALUES (0, 1, -5, 0, 1), (2, 1, 5, 0, 1)")
+        return await conn.fetch("SELECT account_id, asset, available, total FROM balances_view "
+                                "ORDER BY account_id")
+    rows = _run(_with_conn(db_url, check))
+    assert [(r["account_id"], r["asset"], r["available"]) for r in rows] == \
+        [(0, "BTC", Decimal("-0.00000005")), (2, "BTC", Decimal("0.00000005"))]
+
+
+def test_views_show_exact_numeric_amounts(db_url):
+    async def check(conn):
+        await _seed(conn)
+        values = [await conn.fetchval("SELECT minor_to_decimal($1, $2)", amount, scale)
+                  for amount, scale in [(123456789, 8), (2**63 - 1, 18), (-(2**63), 0), (1, 6), (0, 2)]]
+        await conn.execute("""
+            INSERT INTO trades (trade_id, seq, event_index, symbol, price_ticks, qty_lots,
+                base_asset_id, quote_asset_id, base_amount, quote_amount, maker_order_id,
+                taker_order_id, maker_account, taker_account, taker_side, maker_fee, taker_fee,
+                maker_remaining_lots, taker_remaining_lots)
+            VALUES (2, 4, 0, 'BTC-USDT', 1, 1, 1, 2, 1, 123456789012345678, 1, 2, 2, 3, 'buy',
+                    0, 0, 0, 0)""")
+        big = await conn.fetchval("SELECT price FROM trades_view WHERE trade_id = 2")
+        assert big == Decimal("12345678901234567800"), big
+        trade = await conn.fetchrow("SELECT * FROM trades_view WHERE trade_id = 1")
+        transfer = await conn.fetchrow("SELECT * FROM transfers_view")
+        audit = await conn.fetchrow("SELECT * FROM audit_log_view")
+        return values, trade, transfer, audit
+    values, trade, transfer, audit = _run(_with_conn(db_url, check))
+    assert values == [Decimal("1.23456789"), Decimal("9.223372036854775807"),
+                      Decimal(-(2**63)), Decimal("0.000001"), Decimal("0.00")]
+    assert str(values[3]) == "0.000001"
+    assert trade["base_amount"] == Decimal("0.0001") and trade["quote_amount"] == Decimal("3")
+    assert trade["price"] == Decimal("30000") and trade["taker_fee"] == Decimal("0.000006")
+    assert transfer["amount"] == Decimal("0.00000005") and transfer["asset"] == "BTC"
+    assert audit["amount"] == Decimal("-0.00000001")
+
+
+def test_register_assets_is_idempotent_and_refuses_a_changed_scale(db_url):
+    ids = _run(register_assets(db_url, [Asset("BTC", 8), Asset("USDT", 6)]))
+    again = _run(register_assets(db_url, [Asset("USDT", 6), Asset("ETH", 18)]))
+    assert again["BTC"] == ids["BTC"] and again["USDT"] == ids["USDT"] and "ETH" in again
+    with pytest.raises(AssetMismatch, match="scale"):
+        _run(register_assets(db_url, [Asset("BTC", 6)]))
+
+
+def test_cli_migrate_status_balances(make_db):
+    url = make_db(migrated=False)
+    env = {**os.environ, "DATABASE_URL": url}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "settlement", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    first = cli("migrate")
+    assert first.returncode == 0, first.stderr
+    assert "applied migrations [1" in first.stdout
+    again = cli("migrate")
+    assert again.returncode == 0 and "up to date" in again.stdout
+    assert cli("url").stdout.strip() == url
+    status = cli("status")
+    assert status.returncode == 0 and "schema version" in status.stdout
+    assert cli("balances").returncode == 0
