@@ -9,29 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import sys
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))      # settle_flow, settle_checks
+sys.path.insert(0, str(Path(__file__).parent))      # settle_flow, settle_checks, settle_db
 
-from settlement import migrate, with_database  # noqa: E402
+from settle_db import create_database, drop_database  # noqa: E402
+from settlement import migrate  # noqa: E402
 from settlement.database import ENV_URL, embedded_server  # noqa: E402
-
-SOAK = os.environ.get("EXCHANGE_SOAK", "") not in ("", "0")
-
-
-def pytest_collection_modifyitems(config, items):
-    if SOAK:
-        return
-    skip = pytest.mark.skip(reason="soak test: set EXCHANGE_SOAK=1")
-    for item in items:
-        if "soak" in item.keywords:
-            item.add_marker(skip)
-
 
 @pytest.fixture(scope="session")
 def pg_server_url(tmp_path_factory):
@@ -43,26 +30,6 @@ def pg_server_url(tmp_path_factory):
     server = embedded_server(tmp_path_factory.mktemp("pgserver") / "data")
     yield server.get_uri()
     server.cleanup()
-
-
-async def create_database(server_url: str, prefix: str = "exchange_test") -> str:
-    name = f"{prefix}_{secrets.token_hex(6)}"
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return with_database(server_url, name)
-
-
-async def drop_database(server_url: str, url: str) -> None:
-    name = url.split("?")[0].rsplit("/", 1)[1]
-    assert name.startswith("exchange_"), name      # never anything we did not create
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from settle_flow import ASSETS, Flow, new_engine, run
 from settlement import SettlementWriter
 
 STREAM_COMMANDS = int(os.environ.get("EXCHANGE_SETTLE_COMMANDS", "120000"))
+SOAK = os.environ.get("EXCHANGE_SOAK", "") not in ("", "0")
 
 
 async def _feed(writer, commands, every=0, pause_s=0.0):
@@ -199,6 +200,7 @@ def test_two_writers_of_one_engine_settle_each_command_once(db_url):
 
 
 @pytest.mark.soak
+@pytest.mark.skipif(not SOAK, reason="soak test: set EXCHANGE_SOAK=1")
 def test_soak_million_commands(db_url):
     engine, commands = run(seed=99, n=1_000_000)
 
