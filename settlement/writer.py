@@ -273,6 +273,7 @@ class SettlementWriter:
         self.stats = WriterStats()
         self._assets = list(assets) if assets is not None else None
         self._asset_ids: dict[str, int] = {}
+        self._known_balances: set[tuple[int, int]] = set()   # (account, asset_id) rows that exist
         self._conn: asyncpg.Connection | None = None
         self._connected_once = False
         self._task: asyncio.Task | None = None
@@ -637,7 +638,10 @@ class SettlementWriter:
             balance_rows = b.balance_rows()
             await conn.copy_records_to_table("settle_stage_balances", records=balance_rows,
                                              columns=BALANCE_COLUMNS)
-            await conn.execute(_SQL_PREPARE_BALANCES)
+            known = self._known_balances
+            new_pairs = [(r[0], r[1]) for r in balance_rows if (r[0], r[1]) not in known]
+            if new_pairs:
+                await conn.execute(_SQL_PREPARE_BALANCES)
             mismatched = await conn.fetch(_SQL_APPLY_BALANCES)
             if mismatched:
                 raise LedgerRejected(
@@ -645,6 +649,7 @@ class SettlementWriter:
                     "(a gap, a double booking or an engine bug)",
                     events=batch.events(), rows=[dict(r) for r in mismatched])
             await conn.execute(_SQL_ADVANCE, self.engine_id, b.last_seq)
+        known.update(new_pairs)     # committed: balances rows are never deleted
         self.stats.batches += 1
         self.stats.commands += b.n_commands
         self.stats.events += b.n_events

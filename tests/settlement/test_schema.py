@@ -189,3 +189,42 @@ def test_cli_migrate_status_balances(make_db):
     status = cli("status")
     assert status.returncode == 0 and "schema version" in status.stdout
     assert cli("balances").returncode == 0
+
+
+def test_user_queries_are_served_by_indexes(db_url):
+    """An account's transfers by time, a trade by id, an order's history."""
+    from settle_flow import ASSETS, run
+    from settlement import SettlementWriter
+    engine, commands = run(seed=13, n=3_000)
+
+    async def settle():
+        writer = SettlementWriter(db_url, assets=ASSETS)
+        await writer.start()
+        for events in commands:
+            await writer.put(events)
+        await writer.close()
+
+    asyncio.run(settle())
+
+    async def check(conn):
+        await conn.execute("ANALYZE")
+        await conn.execute("SET enable_seqscan = off")     # can an index serve it at all?
+
+        async def plan(sql, *args):
+            return "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
+
+        via_function = await conn.fetch("SELECT id FROM account_transfers(5)")
+        naive = await conn.fetch("SELECT id FROM transfers WHERE source_account = 5 "
+                                 "OR target_account = 5 ORDER BY created_at, id")
+        assert [r["id"] for r in via_function] == [r["id"] for r in naive] and naive
+        p = await plan("SELECT * FROM account_transfers(5, now() - interval '1 day')")
+        assert "transfers_source_account_time" in p and "transfers_target_account_time" in p, p
+        p = await plan("SELECT * FROM trades WHERE trade_id = 7")
+        assert "trades_pkey" in p, p
+        p = await plan("SELECT * FROM trades WHERE maker_order_id = 9 OR taker_order_id = 9")
+        assert "trades_maker_order" in p and "trades_taker_order" in p, p
+        p = await plan("SELECT * FROM transfers WHERE order_id = 9")
+        assert "transfers_order" in p, p
+        p = await plan("SELECT * FROM orders WHERE order_id = 9")
+        assert "orders_pkey" in p, p
+    _run(_with_conn(db_url, check))
