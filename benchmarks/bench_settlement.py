@@ -9,9 +9,10 @@
 2. **Throughput**: a ``SettlementWriter`` settles all of it into a fresh,
    migrated database as fast as ``put`` allows: trades/s, rows/s (ledger rows:
    transfers + trades + audit_log + orders), events/s.
-3. **Ceiling**: the same rows, in batches of the same size, go into another
-   fresh migrated database (same tables, indexes, triggers) with nothing but
-   ``copy_records_to_table``, one transaction per batch: rows/s.  Reported:
+3. **Ceiling**: the same rows, in the same batches, go into another fresh
+   migrated database (same tables, indexes, triggers) with nothing but
+   ``copy_records_to_table``, one transaction per batch: rows/s (best of two
+   runs).  Reported:
    settlement rows/s / ceiling rows/s (target >= 0.7).
 4. **Lag**: a producer replays the stream paced at each of ``--rates``
    trades/s into a fresh database; lag = time from ``put()`` to the commit that contains it
@@ -139,6 +140,19 @@ async def drop_all(server_url: str, made: list[str]) -> None:
         await conn.close()
 
 
+async def checkpoint(server_url: str) -> None:
+    """Start each timed phase from a clean WAL state, so a checkpoint forced by
+    the previous phase's WAL does not land in this one (needs superuser or
+    pg_checkpoint; skipped without)."""
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute("CHECKPOINT")
+    except asyncpg.InsufficientPrivilegeError:
+        pass
+    finally:
+        await conn.close()
+
+
 # ---------------------------------------------------------------- phases
 async def settle_throughput(url: str, commands, batch_rows_max: int, flush_ms: float):
     boundaries: list[int] = []
@@ -260,15 +274,23 @@ async def main_async(args) -> int:
           f"(engine {time.perf_counter() - t:.1f}s, not measured below)")
     try:
         settle_url = await fresh_db(server_url, made)
+        await checkpoint(server_url)
         elapsed, stats, boundaries = await settle_throughput(settle_url, commands,
                                                               args.batch_rows, args.flush_ms)
         settle_rows_s = stats.rows / elapsed
         print(f"settle:  {elapsed:6.2f}s  {trades / elapsed:10,.0f} trades/s  "
               f"{settle_rows_s:10,.0f} rows/s  {stats.events / elapsed:10,.0f} events/s  "
               f"({stats.batches} batches, {stats.rows:,} rows)")
-        ceiling_url = await fresh_db(server_url, made)
-        raw_s, raw_rows = await ceiling(ceiling_url, commands, boundaries, settle_url)
-        assert raw_rows == stats.rows, (raw_rows, stats.rows)
+        # the best of two runs, each into a fresh database: a conservative ratio
+        raw_s = float("inf")
+        for _ in range(2):
+            ceiling_url = await fresh_db(server_url, made)
+            await checkpoint(server_url)
+            run_s, raw_rows = await ceiling(ceiling_url, commands, boundaries, settle_url)
+            assert raw_rows == stats.rows, (raw_rows, stats.rows)
+            raw_s = min(raw_s, run_s)
+            await drop_all(server_url, made[-1:])
+            del made[-1]
         ceiling_rows_s = raw_rows / raw_s
         print(f"ceiling: {raw_s:6.2f}s  {trades / raw_s:10,.0f} trades/s  "
               f"{ceiling_rows_s:10,.0f} rows/s  (raw copy_records_to_table, same rows and batches)")
@@ -279,6 +301,7 @@ async def main_async(args) -> int:
         p99_at_target = None
         for rate in args.rates:
             lag_url = await fresh_db(server_url, made)
+            await checkpoint(server_url)
             lag = await paced_lag(lag_url, commands, trades, rate, args.lag_seconds,
                                   args.batch_rows, args.flush_ms)
             await drop_all(server_url, made[-1:])

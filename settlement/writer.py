@@ -3,29 +3,39 @@
 The engine side calls ``await writer.put(events)`` with the list one
 ``Engine.submit`` returned.  ``put`` maps the events to rows at once (the pure
 ``settlement.rows`` mapping) into the open batch and returns; it awaits only
-while the writer holds ``queue_rows_max`` uncommitted events (backpressure:
-nothing is dropped, the producer slows down).  A batch is sealed when it
+while ``queue_rows_max`` events wait for a transaction (backpressure: nothing
+is dropped, the producer slows down; the batches being committed come on top,
+so at most ``queue_rows_max`` + ``pipeline_depth`` batches are uncommitted).  A batch is sealed when it
 holds ``batch_rows_max`` events or its first command has waited
 ``flush_interval_ms``, whichever comes first; batches always hold whole
 commands, so ``last_seq`` means "every seq <= last_seq is committed".
 
-One transaction per batch, on one connection:
+One transaction per batch:
 
-1. ``SELECT last_seq ... FOR UPDATE`` on this engine's ``settlement_state`` row.
-   A batch at or below it is skipped (a retry whose COMMIT did get through,
+1. COPY transfers and audit_log (identity keys: nothing can collide);
+2. wait until the batch before has committed, then ``SELECT last_seq ... FOR
+   UPDATE`` on this engine's ``settlement_state`` row.  A batch at or below it
+   is rolled back as already committed (a retry whose COMMIT did get through,
    or a replay), a batch that would leave a gap is refused;
-2. COPY transfers, trades, audit_log and the new orders;
-3. COPY the order updates and the aggregated balance deltas into temp tables,
-   then one ``UPDATE orders ... FROM`` and one ``UPDATE balances ... FROM``
-   (after inserting zero rows for new (account, asset) pairs; one statement per
-   batch, not per transfer), which also returns every touched bucket whose new value differs from the balance the
-   engine reported after its last transfer -- any difference is a gap, a
-   double booking or an engine bug, and stops the writer;
+3. COPY trades and the new orders (their ids are the engine's: only under the
+   state row lock can they not block on another writer's rows); one ``UPDATE
+   orders ... FROM unnest(...)`` for orders accepted in earlier batches; one
+   ``UPDATE balances ... FROM unnest(...)`` with the summed deltas per touched
+   (account, asset) -- one statement per batch, not per transfer (zero rows are
+   inserted first for pairs never seen).  It also returns every touched bucket
+   whose new value differs from the balance the engine reported after its last
+   transfer: any difference is a gap, a double booking or an engine bug, and
+   stops the writer;
 4. advance ``last_seq``; COMMIT.
+
+With ``pipeline_depth=2`` (the default) two batch transactions are in flight
+on two connections: batch k+1 COPYs its transfers while batch k updates
+balances and commits, so PostgreSQL's second core is used; step 2 keeps the commits in
+seq order.  ``pipeline_depth=1`` is one connection, one batch at a time.
 
 A lost connection or a restarting server (any error of SQLSTATE class 08, 53,
 57P, a serialization failure, a socket error) is retried: reconnect with
-bounded exponential backoff, then the whole batch again; step 1 makes the
+bounded exponential backoff, then the whole batch again; step 2 makes the
 retry exactly-once.  Any other error is permanent (a CHECK violation is an
 engine bug): the writer stops, the batch is rolled back, ``put``/``flush``/
 ``close`` raise a ``SettlementError`` carrying the offending events and rows,
@@ -38,6 +48,7 @@ event loop on PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -56,6 +67,7 @@ log = logging.getLogger("settlement.writer")
 
 BATCH_ROWS_MAX_DEFAULT = 10_000
 FLUSH_INTERVAL_MS_DEFAULT = 20
+PIPELINE_DEPTH_DEFAULT = 2
 RECONNECT_ATTEMPTS_MAX_DEFAULT = 30
 RECONNECT_DELAY_MIN_MS = 25
 RECONNECT_DELAY_MAX_MS_DEFAULT = 2_000
@@ -130,71 +142,88 @@ def is_transient(exc: BaseException, conn: asyncpg.Connection | None = None) -> 
 
 
 # ====================================================================== SQL
-_STAGE_DDL = f"""
-CREATE TEMP TABLE IF NOT EXISTS settle_stage_balances (
-    account_id bigint, asset_id integer, available_delta bigint, locked_delta bigint,
-    available_after bigint, locked_after bigint, updated_seq bigint) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS settle_stage_orders (
-    order_id bigint, price_ticks bigint, open_qty_lots bigint, filled_qty_lots bigint,
-    status text, cancel_reason text, updated_seq bigint) ON COMMIT DELETE ROWS;
-"""
-assert BALANCE_COLUMNS == ("account_id", "asset_id", "available_delta", "locked_delta",
-                           "available_after", "locked_after", "updated_seq")
-assert ORDER_UPDATE_COLUMNS == ("order_id", "price_ticks", "open_qty_lots", "filled_qty_lots",
-                                "status", "cancel_reason", "updated_seq")
-
+# Per-batch inputs that are not ledger rows (order updates, balance deltas)
+# travel as arrays through unnest(): one round trip, no temp table, and a plan
+# that looks each row up by primary key (unnest is estimated small), so a batch
+# costs the same however large orders and balances grow.
+_ORDER_UPDATES = """
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::text[],
+                         $6::text[], $7::bigint[])
+        AS s(order_id, price_ticks, open_qty_lots, filled_qty_lots, status, cancel_reason,
+             updated_seq)"""
+_BALANCE_DELTAS = """
+    SELECT * FROM unnest($1::bigint[], $2::integer[], $3::bigint[], $4::bigint[], $5::bigint[],
+                         $6::bigint[], $7::bigint[])
+        AS s(account_id, asset_id, available_delta, locked_delta, available_after,
+             locked_after, updated_seq)"""
 _SQL_LOCK_STATE = "SELECT last_seq FROM settlement_state WHERE engine_id = $1 FOR UPDATE"
 _SQL_ADVANCE = ("UPDATE settlement_state SET last_seq = $2, updated_at = now() "
                 "WHERE engine_id = $1")
-# Only open orders change: an update to a filled or cancelled order is an engine bug
-# (the count check below catches it).
-_SQL_UPDATE_ORDERS = """
-UPDATE orders o SET
-    price_ticks     = COALESCE(s.price_ticks, o.price_ticks),
-    open_qty_lots   = COALESCE(s.open_qty_lots, o.open_qty_lots),
-    filled_qty_lots = o.filled_qty_lots + s.filled_qty_lots,
-    status          = COALESCE(s.status, o.status),
-    cancel_reason   = COALESCE(s.cancel_reason, o.cancel_reason),
-    updated_seq     = s.updated_seq,
-    updated_at      = now()
-FROM settle_stage_orders s
-WHERE o.order_id = s.order_id AND o.status = 'open'
+_KEYED_PLANS = {"enable_seqscan": "off", "enable_hashjoin": "off", "enable_mergejoin": "off"}
+
+# the unnest() column lists above follow settlement.rows
+assert ORDER_UPDATE_COLUMNS == ("order_id", "price_ticks", "open_qty_lots", "filled_qty_lots",
+                                "status", "cancel_reason", "updated_seq")
+assert BALANCE_COLUMNS == ("account_id", "asset_id", "available_delta", "locked_delta",
+                           "available_after", "locked_after", "updated_seq")
+
+# Only open orders change: an update to a filled or cancelled order is an engine
+# bug (the count check catches it).
+_SQL_UPDATE_ORDERS = f"""
+WITH s AS ({_ORDER_UPDATES}),
+updated AS (
+    UPDATE orders o SET
+        price_ticks     = COALESCE(s.price_ticks, o.price_ticks),
+        open_qty_lots   = COALESCE(s.open_qty_lots, o.open_qty_lots),
+        filled_qty_lots = o.filled_qty_lots + s.filled_qty_lots,
+        status          = COALESCE(s.status, o.status),
+        cancel_reason   = COALESCE(s.cancel_reason, o.cancel_reason),
+        updated_seq     = s.updated_seq,
+        updated_at      = now()
+    FROM s
+    WHERE o.order_id = s.order_id AND o.status = 'open'
+    RETURNING o.order_id)
+SELECT count(*) FROM updated
 """
-_SQL_ORDERS_NOT_UPDATED = """
+_SQL_ORDERS_NOT_UPDATED = f"""
+WITH s AS ({_ORDER_UPDATES})
 SELECT s.*, o.status AS current_status
-FROM settle_stage_orders s LEFT JOIN orders o USING (order_id)
+FROM s LEFT JOIN orders o USING (order_id)
 WHERE o.order_id IS NULL OR o.updated_seq <> s.updated_seq
 """
-# Accounts and zero balance rows for whatever the batch touches first.  (The
-# deltas cannot go in through INSERT ... ON CONFLICT DO UPDATE: PostgreSQL
-# checks the proposed row -- a negative delta -- against the CHECKs before it
-# finds the conflict.)
-_SQL_PREPARE_BALANCES = """
+# Accounts and zero balance rows for the (account, asset) pairs a batch touches
+# first.  (The deltas cannot go in through INSERT ... ON CONFLICT DO UPDATE:
+# PostgreSQL checks the proposed row -- a negative delta -- against the CHECKs
+# before it finds the conflict.)
+_SQL_NEW_ACCOUNTS = """
 INSERT INTO accounts (id, kind)
-SELECT DISTINCT account_id, CASE WHEN account_id < 2 THEN 'system' ELSE 'user' END
-FROM settle_stage_balances
-ON CONFLICT (id) DO NOTHING;
-INSERT INTO balances (account_id, asset_id, available, locked, updated_seq)
-SELECT account_id, asset_id, 0, 0, updated_seq FROM settle_stage_balances
-ON CONFLICT (account_id, asset_id) DO NOTHING;
+SELECT DISTINCT a, CASE WHEN a < 2 THEN 'system' ELSE 'user' END FROM unnest($1::bigint[]) AS a
+ON CONFLICT (id) DO NOTHING
 """
-# One aggregated update for every touched (account, asset); returns the buckets
-# whose result differs from what the engine reported after its last transfer.
-_SQL_APPLY_BALANCES = """
-WITH applied AS (
+_SQL_NEW_BALANCES = """
+INSERT INTO balances (account_id, asset_id, available, locked, updated_seq)
+SELECT account_id, asset_id, 0, 0, 0 FROM unnest($1::bigint[], $2::integer[]) AS s(account_id, asset_id)
+ON CONFLICT (account_id, asset_id) DO NOTHING
+"""
+# One aggregated update for every touched (account, asset).  Returns how many
+# rows it updated and the buckets whose result differs from the balance the
+# engine reported after its last transfer.
+_SQL_APPLY_BALANCES = f"""
+WITH s AS ({_BALANCE_DELTAS}),
+applied AS (
     UPDATE balances b
     SET available   = b.available + s.available_delta,
         locked      = b.locked + s.locked_delta,
         updated_seq = s.updated_seq
-    FROM settle_stage_balances s
+    FROM s
     WHERE b.account_id = s.account_id AND b.asset_id = s.asset_id
-    RETURNING b.account_id, b.asset_id, b.available, b.locked
-)
-SELECT a.account_id, a.asset_id, a.available, a.locked,
-       s.available_delta, s.locked_delta, s.available_after, s.locked_after
-FROM applied a JOIN settle_stage_balances s USING (account_id, asset_id)
-WHERE a.available <> COALESCE(s.available_after, a.available)
-   OR a.locked    <> COALESCE(s.locked_after, a.locked)
+    RETURNING b.account_id, b.asset_id, b.available, b.locked, s.available_delta, s.locked_delta,
+              s.available_after, s.locked_after)
+SELECT count(*) AS updated,
+       coalesce(jsonb_agg(applied) FILTER (
+           WHERE available <> coalesce(available_after, available)
+              OR locked <> coalesce(locked_after, locked)), '[]')::text AS mismatched
+FROM applied
 """
 _SQL_BALANCES_OF = """
 SELECT s.account_id, s.asset_id, b.available, b.locked, s.available_delta, s.locked_delta,
@@ -231,13 +260,40 @@ class _Batch:
         return [ev for events in self.commands for ev in events]
 
 
+class _Flight:
+    """A batch being committed: its task and the connection slot it uses."""
+    __slots__ = ("batch", "slot", "task")
+
+    def __init__(self, batch: _Batch, slot: int):
+        self.batch = batch
+        self.slot = slot
+        self.task: asyncio.Task | None = None
+
+
+class _AlreadyCommitted(Exception):
+    """last_seq is at or past the batch: roll back, nothing to do."""
+
+
+class _Trim(Exception):
+    """Another writer committed the batch's first commands: roll back, redo the rest."""
+
+    def __init__(self, last_seq: int):
+        self.last_seq = last_seq
+
+
+class _PredecessorFailed(Exception):
+    """The batch before this one failed for good: roll back and stop."""
+
+
 class SettlementWriter:
     """Settles engine events into PostgreSQL; see the module docstring.
 
     ``assets``: the engine's assets (``engine.Asset``: name, scale), registered
     in the ``assets`` table on ``start()``; without it the table must already
     hold every asset the events name (``register_assets``).  ``on_commit`` is
-    called with the new ``last_seq`` after every commit (it must not raise).
+    called with the new ``last_seq`` after every commit, in order (it must not
+    raise).  ``pipeline_depth``: batch transactions in flight at once, each on
+    its own connection (1 or 2); see the module docstring.
     """
 
     def __init__(self, url: str, *, engine_id: str = "main",
@@ -245,6 +301,7 @@ class SettlementWriter:
                  flush_interval_ms: float = FLUSH_INTERVAL_MS_DEFAULT,
                  queue_rows_max: int | None = None,
                  assets: Iterable | None = None,
+                 pipeline_depth: int = PIPELINE_DEPTH_DEFAULT,
                  reconnect_attempts_max: int = RECONNECT_ATTEMPTS_MAX_DEFAULT,
                  reconnect_delay_max_ms: float = RECONNECT_DELAY_MAX_MS_DEFAULT,
                  connect_timeout_s: float = 10.0,
@@ -259,6 +316,8 @@ class SettlementWriter:
             queue_rows_max = 10 * batch_rows_max
         if type(queue_rows_max) is not int or queue_rows_max < batch_rows_max:
             raise ValueError("queue_rows_max must be an int >= batch_rows_max")
+        if pipeline_depth not in (1, 2):
+            raise ValueError("pipeline_depth must be 1 or 2")
         if type(reconnect_attempts_max) is not int or reconnect_attempts_max < 0:
             raise ValueError("reconnect_attempts_max must be an int >= 0")
         self.url = url
@@ -266,6 +325,7 @@ class SettlementWriter:
         self.batch_rows_max = batch_rows_max
         self.flush_interval_ms = flush_interval_ms
         self.queue_rows_max = queue_rows_max
+        self.pipeline_depth = pipeline_depth
         self.reconnect_attempts_max = reconnect_attempts_max
         self.reconnect_delay_max_ms = reconnect_delay_max_ms
         self.connect_timeout_s = connect_timeout_s
@@ -274,20 +334,22 @@ class SettlementWriter:
         self._assets = list(assets) if assets is not None else None
         self._asset_ids: dict[str, int] = {}
         self._known_balances: set[tuple[int, int]] = set()   # (account, asset_id) rows that exist
-        self._conn: asyncpg.Connection | None = None
+        self._conns: list[asyncpg.Connection | None] = [None] * pipeline_depth
         self._connected_once = False
+        self._slots_used: set[int] = set()      # slots that had a connection (for stats.reconnects)
         self._task: asyncio.Task | None = None
         self._closing = False
         self._failure: SettlementError | None = None
         self._open: _Batch | None = None
         self._sealed: deque[_Batch] = deque()
-        self._in_flight: _Batch | None = None
-        self._events_buffered = 0     # uncommitted events: open + sealed + in flight
+        self._flights: deque[_Flight] = deque()   # batches being committed, in seq order
+        self._events_waiting = 0      # events in the open and sealed batches (not in flight)
         self._put_seq = 0             # last seq accepted by put()
         self._committed_seq = 0       # settlement_state.last_seq as this writer knows it
         self._wake = asyncio.Event()      # the batcher has something to look at
         self._space = asyncio.Event()     # the queue went below queue_rows_max (or failed)
         self._progress = asyncio.Event()  # a batch committed (or the writer failed)
+        self._landed = asyncio.Event()    # a flight ended (its slot is free again)
 
     # ------------------------------------------------------------------ public
     async def start(self) -> None:
@@ -297,7 +359,7 @@ class SettlementWriter:
         attempt = 0
         while True:
             try:
-                self._conn = await self._connect()
+                self._conns[0] = await self._connect(0)
                 break
             except Exception as exc:
                 if not is_transient(exc):
@@ -311,10 +373,10 @@ class SettlementWriter:
     async def put(self, events: Sequence) -> None:
         """Queue the events of one command (one ``Engine.submit`` result).
 
-        Returns at once unless ``queue_rows_max`` events are uncommitted, then
-        waits for room.  A command at or below what was already committed or
-        queued is skipped (replays start from seq 1).  Raises the writer's
-        ``SettlementError`` once it has failed.
+        Returns at once unless ``queue_rows_max`` events already wait for a
+        transaction, then waits for room.  A command at or below what was
+        already committed or queued is skipped (replays start from seq 1).
+        Raises the writer's ``SettlementError`` once it has failed.
         """
         if self._failure is not None:
             raise self._failure
@@ -326,7 +388,7 @@ class SettlementWriter:
         if seq <= self._put_seq:
             self.stats.skipped_commands += 1
             return
-        while self._events_buffered >= self.queue_rows_max:
+        while self._events_waiting >= self.queue_rows_max:
             self._space.clear()
             await self._space.wait()
             if self._failure is not None:
@@ -340,7 +402,7 @@ class SettlementWriter:
                                         asyncio.get_running_loop().time())
             self._wake.set()
         batch.commands.append(events)
-        self._events_buffered += len(events)
+        self._events_waiting += len(events)
         if seq != self._put_seq + 1:
             self._fail(LedgerRejected(
                 f"seq {seq} does not follow {self._put_seq}: the stream has a gap "
@@ -371,7 +433,7 @@ class SettlementWriter:
             raise self._failure
 
     async def close(self) -> None:
-        """Flush, stop the batcher and close the connection.  Raises the
+        """Flush, stop the batcher and close the connections.  Raises the
         writer's ``SettlementError`` if it failed (the events stay in
         ``pending_events()``)."""
         try:
@@ -386,23 +448,27 @@ class SettlementWriter:
                     await self._task
                 except Exception:
                     pass        # recorded in self._failure, raised below
-            await self._drop_connection(graceful=True)
+            for slot in range(self.pipeline_depth):
+                await self._drop_connection(slot, graceful=True)
         if self._failure is not None:
             raise self._failure
 
     async def abort(self) -> None:
-        """Stop now without flushing: the batch in flight is rolled back (or,
-        if its COMMIT already went out, committed); everything uncommitted stays
+        """Stop now without flushing: batches in flight are rolled back (or,
+        if a COMMIT already went out, committed); everything uncommitted stays
         in ``pending_events()``.  What a crash does, on purpose: a new writer
         fed the stream again from seq 1 settles the rest exactly once."""
         self._closing = True
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        tasks = [t for t in [self._task] + [f.task for f in self._flights] if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
             try:
-                await self._task
+                await t
             except BaseException:
                 pass
-        await self._drop_connection()
+        for slot in range(self.pipeline_depth):
+            await self._drop_connection(slot)
 
     async def __aenter__(self) -> "SettlementWriter":
         await self.start()
@@ -421,15 +487,20 @@ class SettlementWriter:
         return self._failure
 
     @property
+    def backend_pids(self) -> list[int]:
+        """PostgreSQL backend pids of the writer's open connections."""
+        return [c.get_server_pid() for c in self._conns if c is not None and not c.is_closed()]
+
+    @property
     def backend_pid(self) -> int | None:
-        """PostgreSQL backend pid of the writer's connection (for operators and tests)."""
-        conn = self._conn
-        return None if conn is None or conn.is_closed() else conn.get_server_pid()
+        """The first open connection's backend pid (``backend_pids`` for all)."""
+        pids = self.backend_pids
+        return pids[0] if pids else None
 
     def pending_commands(self) -> list[Sequence]:
-        """Uncommitted commands (event lists) in seq order: the batch in flight
-        or failed, the sealed batches, the open batch."""
-        batches = ([self._in_flight] if self._in_flight is not None else []) + list(self._sealed)
+        """Uncommitted commands (event lists) in seq order: the batches in
+        flight (or failed), the sealed batches, the open batch."""
+        batches = [f.batch for f in self._flights] + list(self._sealed)
         if self._open is not None:
             batches.append(self._open)
         return [events for b in batches for events in b.commands]
@@ -472,30 +543,65 @@ class SettlementWriter:
             await self._wake.wait()
 
     async def _run(self) -> None:
+        """Take batches in order and start a flight for each, at most
+        ``pipeline_depth`` at once; each flight commits after the one before."""
         try:
+            previous: asyncio.Task | None = None
             while True:
+                while len(self._flights) >= self.pipeline_depth and self._failure is None:
+                    self._landed.clear()
+                    await self._landed.wait()
+                if self._failure is not None:
+                    break
                 batch = await self._next_batch()
                 if batch is None:
-                    return
-                self._in_flight = batch
-                await self._settle(batch)
-                self._in_flight = None
-                b = batch.builder
-                self._committed_seq = b.last_seq
-                self._events_buffered -= b.n_events
+                    break
+                used = {f.slot for f in self._flights}
+                flight = _Flight(batch, next(i for i in range(self.pipeline_depth) if i not in used))
+                # The batch in flight no longer counts against queue_rows_max: the
+                # producer maps the next batch while PostgreSQL works on this one
+                # (waking it only at COMMIT would serialise client and server).
+                self._events_waiting -= batch.builder.n_events
                 self._space.set()
-                self._progress.set()
-                if self.on_commit is not None:
-                    self.on_commit(b.last_seq)
+                flight.task = asyncio.create_task(self._fly(flight, previous))
+                self._flights.append(flight)
+                previous = flight.task
+            while self._flights and self._failure is None:
+                self._landed.clear()
+                await self._landed.wait()
+        except asyncio.CancelledError:
+            for f in self._flights:
+                if f.task is not None:
+                    f.task.cancel()
+            raise
+        except BaseException as exc:    # a bug in the writer itself: stop loudly
+            self._fail(SettlementError(f"settlement writer crashed: {exc!r}"))
+            log.exception("settlement writer crashed")
+            raise
+
+    async def _fly(self, flight: _Flight, previous: asyncio.Task | None) -> None:
+        try:
+            committed = await self._settle(flight, previous)
         except SettlementError:
-            return          # recorded by _fail
+            return          # recorded by _fail; the flight stays listed (pending)
+        except _PredecessorFailed:
+            return          # the writer failed on the batch before; this one stays pending
         except asyncio.CancelledError:
             raise
         except BaseException as exc:    # a bug in the writer itself: stop loudly
             self._fail(SettlementError(f"settlement writer crashed: {exc!r}",
-                                       events=self._in_flight.events() if self._in_flight else ()))
+                                       events=flight.batch.events()))
             log.exception("settlement writer crashed")
-            raise
+            return
+        finally:
+            self._landed.set()
+        assert self._flights[0] is flight, "flights land in order"
+        self._flights.popleft()
+        self._committed_seq = committed
+        self._progress.set()
+        self._landed.set()
+        if self.on_commit is not None:
+            self.on_commit(committed)
 
     def _fail(self, error: SettlementError) -> None:
         if self._failure is None:
@@ -504,24 +610,30 @@ class SettlementWriter:
         self._space.set()
         self._progress.set()
         self._wake.set()
+        self._landed.set()
 
-    # ------------------------------------------------------------------ connection
+    # ------------------------------------------------------------------ connections
     def _backoff_s(self, attempt: int) -> float:
         return min(self.reconnect_delay_max_ms, RECONNECT_DELAY_MIN_MS * 2 ** (attempt - 1)) / 1000
 
-    async def _connect(self) -> asyncpg.Connection:
+    async def _connect(self, slot: int) -> asyncpg.Connection:
         conn = await asyncpg.connect(self.url, timeout=self.connect_timeout_s, server_settings={
-            "application_name": f"settlement-writer:{self.engine_id}"[:63]})
+            "application_name": f"settlement-writer:{self.engine_id}"[:63],
+            # Every statement of the writer looks rows up by key.  Without this the
+            # planner may hash-join a batch's order updates against a full scan of
+            # `orders` (few open orders look cheap to filter), so a batch would cost
+            # more the longer the exchange runs.
+            **_KEYED_PLANS})
         try:
-            await conn.execute(_STAGE_DDL)
             if not self._connected_once:
                 await self._load_state(conn)
-            else:
-                self.stats.reconnects += 1
         except BaseException:
             conn.terminate()
             raise
         self._connected_once = True
+        if slot in self._slots_used:
+            self.stats.reconnects += 1
+        self._slots_used.add(slot)
         return conn
 
     async def _load_state(self, conn: asyncpg.Connection) -> None:
@@ -542,8 +654,8 @@ class SettlementWriter:
                                    self.engine_id)
         self._committed_seq = self._put_seq = last
 
-    async def _drop_connection(self, graceful: bool = False) -> None:
-        conn, self._conn = self._conn, None
+    async def _drop_connection(self, slot: int, graceful: bool = False) -> None:
+        conn, self._conns[slot] = self._conns[slot], None
         if conn is None or conn.is_closed():
             return
         if graceful:
@@ -555,29 +667,66 @@ class SettlementWriter:
         conn.terminate()
 
     # ------------------------------------------------------------------ one batch
-    async def _settle(self, batch: _Batch) -> None:
-        """Commit ``batch``, retrying transient failures; exactly once."""
+    async def _settle(self, flight: _Flight, previous: asyncio.Task | None) -> int:
+        """Commit ``flight.batch`` after ``previous`` landed, retrying transient
+        failures; exactly once.  Returns the new last_seq."""
+        batch, slot = flight.batch, flight.slot
+        builder = batch.builder
         attempt = 0
         while True:
-            conn = self._conn
+            conn = self._conns[slot]
             try:
                 if conn is None or conn.is_closed():
-                    conn = self._conn = await self._connect()
-                await self._commit(conn, batch)
-                return
+                    conn = self._conns[slot] = await self._connect(slot)
+                await self._commit(conn, batch, builder, previous)
+                return builder.last_seq
+            except _AlreadyCommitted:
+                # our COMMIT got through but its answer did not, or a replay
+                self.stats.skipped_batches += 1
+                return batch.builder.last_seq
+            except _Trim as trim:
+                # another writer of this engine committed a prefix of this batch
+                self.stats.trimmed_batches += 1
+                builder = BatchBuilder(self._asset_ids)
+                for events in batch.commands:
+                    if events[0].seq > trim.last_seq:
+                        builder.add(events)
+            except (_PredecessorFailed, asyncio.CancelledError):
+                raise
+            except asyncpg.UniqueViolationError as exc:
+                # A trade or order id is already in the ledger: another writer of
+                # this engine committed these commands (or our own unacknowledged
+                # COMMIT did) -- rows and last_seq are committed together, so
+                # last_seq says which.  Otherwise it is a real duplicate.
+                last = await conn.fetchval("SELECT last_seq FROM settlement_state "
+                                           "WHERE engine_id = $1", self.engine_id)
+                if last is not None and last >= builder.last_seq:
+                    self.stats.skipped_batches += 1
+                    return batch.builder.last_seq
+                if last is not None and last >= builder.first_seq:
+                    self.stats.trimmed_batches += 1
+                    builder = BatchBuilder(self._asset_ids)
+                    for events in batch.commands:
+                        if events[0].seq > last:
+                            builder.add(events)
+                    continue
+                error = await self._permanent_error(exc, builder, batch, conn)
+                await self._drop_connection(slot, graceful=True)
+                self._fail(error)
+                raise error from exc
             except SettlementError as exc:
-                await self._drop_connection(graceful=True)
+                await self._drop_connection(slot, graceful=True)
                 self._fail(exc)
                 raise
             except Exception as exc:
                 if not is_transient(exc, conn):
-                    error = await self._permanent_error(exc, batch, conn)
-                    await self._drop_connection(graceful=True)
+                    error = await self._permanent_error(exc, builder, batch, conn)
+                    await self._drop_connection(slot, graceful=True)
                     self._fail(error)
                     raise error from exc
                 attempt += 1
                 self.stats.retries += 1
-                await self._drop_connection()
+                await self._drop_connection(slot)
                 if attempt > self.reconnect_attempts_max:
                     error = DatabaseUnavailable(
                         f"PostgreSQL unreachable after {attempt} attempts: {exc!r}",
@@ -586,68 +735,77 @@ class SettlementWriter:
                     raise error from exc
                 delay_s = self._backoff_s(attempt)
                 log.warning("settlement batch seq %d..%d failed (%r); retry %d in %.3fs",
-                            batch.builder.first_seq, batch.builder.last_seq, exc, attempt, delay_s)
+                            builder.first_seq, builder.last_seq, exc, attempt, delay_s)
                 await asyncio.sleep(delay_s)
 
-    async def _commit(self, conn: asyncpg.Connection, batch: _Batch) -> None:
-        b = batch.builder
+    async def _commit(self, conn: asyncpg.Connection, batch: _Batch, b: BatchBuilder,
+                      previous: asyncio.Task | None) -> None:
+        """One transaction: COPY the rows, wait for the batch before to land,
+        check last_seq, apply orders and balances, advance last_seq."""
         async with conn.transaction():
+            # Before the batch ahead has committed: only rows no other transaction
+            # can collide with (identity keys).  A transaction that waits here for
+            # its predecessor must hold nothing another writer's COPY could block
+            # on, or two writers of one engine could wait on each other forever.
+            copied = len(b.transfers) + len(b.audit)
+            await conn.copy_records_to_table("transfers", records=b.transfers,
+                                             columns=TRANSFER_COLUMNS)
+            if b.audit:
+                await conn.copy_records_to_table("audit_log", records=b.audit,
+                                                 columns=AUDIT_COLUMNS)
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
+            if self._failure is not None:
+                raise _PredecessorFailed()
+            # The batch ahead is committed; the state row lock below serialises
+            # this transaction against every other writer of this engine.
             last = await conn.fetchval(_SQL_LOCK_STATE, self.engine_id)
             if last is None:
                 raise LedgerRejected(f"no settlement_state row for engine {self.engine_id!r}",
                                      events=batch.events())
             if last >= b.last_seq:
-                # committed already: our COMMIT got through but its answer did not
-                self.stats.skipped_batches += 1
-                return
+                raise _AlreadyCommitted()
             if last >= b.first_seq:
-                # another writer of this engine committed a prefix of this batch
-                self.stats.trimmed_batches += 1
-                b = BatchBuilder(self._asset_ids)
-                for events in batch.commands:
-                    if events[0].seq > last:
-                        b.add(events)
+                raise _Trim(last)
             if b.first_seq != last + 1:
                 raise LedgerRejected(
                     f"batch starts at seq {b.first_seq} but the ledger is at {last}: a gap",
                     events=batch.events())
-            copied = len(b.transfers)
-            await conn.copy_records_to_table("transfers", records=b.transfers,
-                                             columns=TRANSFER_COLUMNS)
             if b.trades:
                 copied += len(b.trades)
                 await conn.copy_records_to_table("trades", records=b.trades, columns=TRADE_COLUMNS)
-            if b.audit:
-                copied += len(b.audit)
-                await conn.copy_records_to_table("audit_log", records=b.audit,
-                                                 columns=AUDIT_COLUMNS)
             new_orders, order_updates = b.order_rows()
             if new_orders:
                 copied += len(new_orders)
                 await conn.copy_records_to_table("orders", records=new_orders,
                                                  columns=ORDER_COLUMNS)
             if order_updates:
-                await conn.copy_records_to_table("settle_stage_orders", records=order_updates,
-                                                 columns=ORDER_UPDATE_COLUMNS)
-                status = await conn.execute(_SQL_UPDATE_ORDERS)
-                if int(status.split()[-1]) != len(order_updates):
-                    bad = await conn.fetch(_SQL_ORDERS_NOT_UPDATED)
+                columns = [list(c) for c in zip(*order_updates)]
+                updated = await conn.fetchval(_SQL_UPDATE_ORDERS, *columns)
+                if updated != len(order_updates):
+                    bad = await conn.fetch(_SQL_ORDERS_NOT_UPDATED, *columns)
                     raise LedgerRejected(
                         "order events for orders that are unknown, or no longer open",
                         events=batch.events(), rows=[dict(r) for r in bad])
             balance_rows = b.balance_rows()
-            await conn.copy_records_to_table("settle_stage_balances", records=balance_rows,
-                                             columns=BALANCE_COLUMNS)
             known = self._known_balances
             new_pairs = [(r[0], r[1]) for r in balance_rows if (r[0], r[1]) not in known]
             if new_pairs:
-                await conn.execute(_SQL_PREPARE_BALANCES)
-            mismatched = await conn.fetch(_SQL_APPLY_BALANCES)
-            if mismatched:
-                raise LedgerRejected(
-                    "balances after the batch differ from the engine's post-transfer balances "
-                    "(a gap, a double booking or an engine bug)",
-                    events=batch.events(), rows=[dict(r) for r in mismatched])
+                accounts, assets = [list(c) for c in zip(*new_pairs)]
+                await conn.execute(_SQL_NEW_ACCOUNTS, accounts)
+                await conn.execute(_SQL_NEW_BALANCES, accounts, assets)
+            if balance_rows:
+                updated, mismatched = await conn.fetchrow(
+                    _SQL_APPLY_BALANCES, *[list(c) for c in zip(*balance_rows)])
+                mismatched = json.loads(mismatched)
+                if mismatched:
+                    raise LedgerRejected(
+                        "balances after the batch differ from the engine's post-transfer balances "
+                        "(a gap, a double booking or an engine bug)",
+                        events=batch.events(), rows=mismatched)
+                if updated != len(balance_rows):
+                    raise LedgerRejected(f"updated {updated} balance rows of {len(balance_rows)}",
+                                         events=batch.events())
             await conn.execute(_SQL_ADVANCE, self.engine_id, b.last_seq)
         known.update(new_pairs)     # committed: balances rows are never deleted
         self.stats.batches += 1
@@ -655,7 +813,7 @@ class SettlementWriter:
         self.stats.events += b.n_events
         self.stats.rows += copied
 
-    async def _permanent_error(self, exc: Exception, batch: _Batch,
+    async def _permanent_error(self, exc: Exception, b: BatchBuilder, batch: _Batch,
                                conn: asyncpg.Connection | None) -> SettlementError:
         """A LedgerRejected for ``exc`` with what is known about the offending rows."""
         sqlstate = getattr(exc, "sqlstate", None)
@@ -665,11 +823,11 @@ class SettlementWriter:
         rows: list = []
         if table == "balances" and conn is not None and not conn.is_closed():
             try:
-                rows = await self._offending_balances(conn, batch.builder)
+                rows = await self._offending_balances(conn, b)
             except Exception:     # diagnosis is best effort; the error itself is what matters
                 log.exception("could not diagnose the balance violation")
         elif table == "transfers":
-            rows = [dict(zip(TRANSFER_COLUMNS, r)) for r in batch.builder.transfers
+            rows = [dict(zip(TRANSFER_COLUMNS, r)) for r in b.transfers
                     if r[3] <= 0 or r[5] not in ("available", "locked")
                     or r[7] not in ("available", "locked") or (r[4] == r[6] and r[5] == r[7])]
         what = f"{type(exc).__name__}: {exc}"

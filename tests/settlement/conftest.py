@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))      # settle_flow, settle_checks
 
 from settle_db import create_database, drop_database  # noqa: E402
 from settlement import migrate  # noqa: E402
-from settlement.database import ENV_URL, embedded_server  # noqa: E402
+from settlement.database import ENV_URL, embedded_server, stop_embedded  # noqa: E402
 
 @pytest.fixture(scope="session")
 def pg_server_url(tmp_path_factory):
@@ -30,6 +30,7 @@ def pg_server_url(tmp_path_factory):
     server = embedded_server(tmp_path_factory.mktemp("pgserver") / "data")
     yield server.get_uri()
     server.cleanup()
+    stop_embedded(server.pgdata)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from settle_db import create_database, drop_database
 from settle_checks import assert_settled
 from settle_flow import ASSETS, run
 from settlement import SettlementWriter, database_url, default_pgdata, migrate
-from settlement.database import _pgserver, embedded_server
+from settlement.database import _pgserver, embedded_server, stop_embedded
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,6 +30,9 @@ def embedded(tmp_path_factory):
     server = embedded_server(tmp_path_factory.mktemp("embedded") / "pgdata")
     yield server
     server.cleanup()
+    # after a stop/start by pg_ctl the handle no longer knows the postmaster it
+    # would stop: make sure no server outlives the tests
+    stop_embedded(server.pgdata)
 
 
 @pytest.fixture

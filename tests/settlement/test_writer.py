@@ -100,7 +100,9 @@ def test_backpressure_a_full_queue_makes_put_wait_and_nothing_is_dropped(db_url)
         stalled_at = fed
         assert 0 < stalled_at < len(commands)
         buffered = sum(len(e) for e in commands[:stalled_at])
-        assert buffered <= 300 + max(len(e) for e in commands), buffered
+        # the queue bound, plus the batches in flight (one per pipeline slot)
+        biggest = max(len(e) for e in commands)
+        assert buffered <= 300 + biggest + writer.pipeline_depth * (100 + biggest), buffered
         await asyncio.sleep(0.3)
         assert fed == stalled_at                   # still waiting, nothing dropped or skipped
         assert writer.stats.skipped_commands == 0
@@ -290,3 +292,37 @@ def test_usage_errors(db_url):
                 {"batch_rows_max": 10, "queue_rows_max": 5}, {"engine_id": ""}):
         with pytest.raises(ValueError):
             SettlementWriter(db_url, **bad)
+
+
+def test_batch_statements_look_rows_up_by_key_however_big_the_tables(db_url):
+    """The per-batch UPDATEs must not scan orders or balances: their cost would
+    grow with the exchange's history."""
+    from settlement.writer import _KEYED_PLANS, _SQL_APPLY_BALANCES, _SQL_UPDATE_ORDERS
+    engine, commands = run(seed=8, n=4_000)
+
+    async def main():
+        writer = SettlementWriter(db_url, assets=ASSETS)
+        await writer.start()
+        for events in commands:
+            await writer.put(events)
+        await writer.close()
+        conn = await asyncpg.connect(db_url, server_settings=_KEYED_PLANS)
+        try:
+            await conn.execute("ANALYZE")
+            ids = [r[0] for r in await conn.fetch("SELECT order_id FROM orders LIMIT 2000")]
+            n = len(ids)
+            order_plan = "\n".join(r[0] for r in await conn.fetch(
+                "EXPLAIN " + _SQL_UPDATE_ORDERS, ids, [None] * n, [0] * n, [0] * n, ["open"] * n,
+                [None] * n, [1] * n))
+            keys = await conn.fetch("SELECT account_id, asset_id FROM balances")
+            n = len(keys)
+            balance_plan = "\n".join(r[0] for r in await conn.fetch(
+                "EXPLAIN " + _SQL_APPLY_BALANCES, [k[0] for k in keys], [k[1] for k in keys],
+                [0] * n, [0] * n, [None] * n, [None] * n, [1] * n))
+            return order_plan, balance_plan
+        finally:
+            await conn.close()
+
+    order_plan, balance_plan = asyncio.run(main())
+    assert "Index Scan using orders_pkey" in order_plan and "Seq Scan" not in order_plan, order_plan
+    assert "balances_pkey" in balance_plan and "Seq Scan" not in balance_plan, balance_plan
