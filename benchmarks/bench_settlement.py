@@ -154,10 +154,12 @@ async def checkpoint(server_url: str) -> None:
 
 
 # ---------------------------------------------------------------- phases
-async def settle_throughput(url: str, commands, batch_rows_max: int, flush_ms: float):
+async def settle_throughput(url: str, commands, batch_rows_max: int, flush_ms: float,
+                            pipeline_depth: int):
     boundaries: list[int] = []
     writer = SettlementWriter(url, assets=ASSETS, batch_rows_max=batch_rows_max,
-                              flush_interval_ms=flush_ms, on_commit=boundaries.append)
+                              flush_interval_ms=flush_ms, on_commit=boundaries.append,
+                              pipeline_depth=pipeline_depth)
     await writer.start()
     t0 = time.perf_counter()
     for i, events in enumerate(commands):
@@ -213,7 +215,7 @@ async def ceiling(url: str, commands, boundaries: list[int], asset_ids_from: str
 
 
 async def paced_lag(url: str, commands, trades: int, rate: float, seconds: float,
-                    batch_rows_max: int, flush_ms: float):
+                    batch_rows_max: int, flush_ms: float, pipeline_depth: int):
     """Replay commands paced so trades arrive at ``rate``/s; lag per command."""
     commands_per_s = rate * len(commands) / trades
     n = min(len(commands), int(commands_per_s * seconds))
@@ -229,7 +231,8 @@ async def paced_lag(url: str, commands, trades: int, rate: float, seconds: float
         committed[0] = last_seq
 
     writer = SettlementWriter(url, assets=ASSETS, batch_rows_max=batch_rows_max,
-                              flush_interval_ms=flush_ms, on_commit=on_commit)
+                              flush_interval_ms=flush_ms, on_commit=on_commit,
+                              pipeline_depth=pipeline_depth)
     await writer.start()
     t0 = time.perf_counter()
     i = 0
@@ -260,7 +263,9 @@ async def main_async(args) -> int:
     server_url = database_url()
     made: list[str] = []
     print(f"server: {server_url.split('@')[-1]}   python {platform.python_version()}   "
-          f"loop: {'uvloop' if args.uvloop else 'asyncio'}   cores: {os.cpu_count()}")
+          f"loop: {'uvloop' if args.uvloop else 'asyncio'}   cores: {os.cpu_count()}   "
+          f"batch_rows_max {args.batch_rows}, flush_interval_ms {args.flush_ms:g}, "
+          f"pipeline_depth {args.pipeline_depth}")
     t = time.perf_counter()
     commands, trades = trade_heavy_flow(args.seed, args.trades)
     # The pre-generated stream stands in for what an engine emits over time; it
@@ -276,7 +281,8 @@ async def main_async(args) -> int:
         settle_url = await fresh_db(server_url, made)
         await checkpoint(server_url)
         elapsed, stats, boundaries = await settle_throughput(settle_url, commands,
-                                                              args.batch_rows, args.flush_ms)
+                                                              args.batch_rows, args.flush_ms,
+                                                              args.pipeline_depth)
         settle_rows_s = stats.rows / elapsed
         print(f"settle:  {elapsed:6.2f}s  {trades / elapsed:10,.0f} trades/s  "
               f"{settle_rows_s:10,.0f} rows/s  {stats.events / elapsed:10,.0f} events/s  "
@@ -303,7 +309,7 @@ async def main_async(args) -> int:
             lag_url = await fresh_db(server_url, made)
             await checkpoint(server_url)
             lag = await paced_lag(lag_url, commands, trades, rate, args.lag_seconds,
-                                  args.batch_rows, args.flush_ms)
+                                  args.batch_rows, args.flush_ms, args.pipeline_depth)
             await drop_all(server_url, made[-1:])
             del made[-1]
             print(f"lag at {rate:>8,.0f} trades/s: achieved {lag['achieved_trades_per_s']:8,.0f} "
@@ -330,6 +336,8 @@ def main(argv=None) -> int:
     p.add_argument("--lag-seconds", type=float, default=8.0)
     p.add_argument("--batch-rows", type=int, default=10_000, help="batch_rows_max")
     p.add_argument("--flush-ms", type=float, default=20, help="flush_interval_ms")
+    p.add_argument("--pipeline-depth", type=int, default=2,
+                   help="batch transactions in flight (the writer's pipeline_depth)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-uvloop", dest="uvloop", action="store_false")
     args = p.parse_args(argv)

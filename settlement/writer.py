@@ -261,13 +261,20 @@ class _Batch:
 
 
 class _Flight:
-    """A batch being committed: its task and the connection slot it uses."""
-    __slots__ = ("batch", "slot", "task")
+    """A batch being committed: its task, its connection slot, and ``locked``,
+    set once its transaction holds the settlement_state row (or it ended)."""
+    __slots__ = ("batch", "slot", "task", "locked", "committed")
 
     def __init__(self, batch: _Batch, slot: int):
         self.batch = batch
         self.slot = slot
         self.task: asyncio.Task | None = None
+        self.locked = asyncio.Event()
+        self.committed = False
+
+
+class _NotYet(Exception):
+    """The batch ahead rolled back to retry: roll back too and wait for it."""
 
 
 class _AlreadyCommitted(Exception):
@@ -546,7 +553,7 @@ class SettlementWriter:
         """Take batches in order and start a flight for each, at most
         ``pipeline_depth`` at once; each flight commits after the one before."""
         try:
-            previous: asyncio.Task | None = None
+            previous: _Flight | None = None
             while True:
                 while len(self._flights) >= self.pipeline_depth and self._failure is None:
                     self._landed.clear()
@@ -565,7 +572,7 @@ class SettlementWriter:
                 self._space.set()
                 flight.task = asyncio.create_task(self._fly(flight, previous))
                 self._flights.append(flight)
-                previous = flight.task
+                previous = flight
             while self._flights and self._failure is None:
                 self._landed.clear()
                 await self._landed.wait()
@@ -579,9 +586,12 @@ class SettlementWriter:
             log.exception("settlement writer crashed")
             raise
 
-    async def _fly(self, flight: _Flight, previous: asyncio.Task | None) -> None:
+    async def _fly(self, flight: _Flight, previous: _Flight | None) -> None:
+        """Settle one batch, then land it: after the batch ahead has landed, so
+        ``committed_seq`` and ``on_commit`` move in seq order."""
         try:
             committed = await self._settle(flight, previous)
+            flight.committed = True
         except SettlementError:
             return          # recorded by _fail; the flight stays listed (pending)
         except _PredecessorFailed:
@@ -594,8 +604,17 @@ class SettlementWriter:
             log.exception("settlement writer crashed")
             return
         finally:
+            flight.locked.set()     # never leave a successor waiting
             self._landed.set()
-        assert self._flights[0] is flight, "flights land in order"
+        # Committed.  The batch ahead is committed too (last_seq said so), but its
+        # task may still be retrying a COMMIT whose answer was lost: land after it.
+        if previous is not None and not previous.task.done():
+            await asyncio.wait([previous.task])
+        if self._flights[0] is not flight:
+            # the batch ahead ended in failure: the writer is stopped; this batch
+            # stays listed in pending_events() (a new writer skips it by last_seq)
+            assert self._failure is not None
+            return
         self._flights.popleft()
         self._committed_seq = committed
         self._progress.set()
@@ -667,8 +686,8 @@ class SettlementWriter:
         conn.terminate()
 
     # ------------------------------------------------------------------ one batch
-    async def _settle(self, flight: _Flight, previous: asyncio.Task | None) -> int:
-        """Commit ``flight.batch`` after ``previous`` landed, retrying transient
+    async def _settle(self, flight: _Flight, previous: _Flight | None) -> int:
+        """Commit ``flight.batch`` right after ``previous``, retrying transient
         failures; exactly once.  Returns the new last_seq."""
         batch, slot = flight.batch, flight.slot
         builder = batch.builder
@@ -678,8 +697,11 @@ class SettlementWriter:
             try:
                 if conn is None or conn.is_closed():
                     conn = self._conns[slot] = await self._connect(slot)
-                await self._commit(conn, batch, builder, previous)
+                await self._commit(conn, flight, builder, previous)
                 return builder.last_seq
+            except _NotYet:
+                await asyncio.wait([previous.task])
+                continue
             except _AlreadyCommitted:
                 # our COMMIT got through but its answer did not, or a replay
                 self.stats.skipped_batches += 1
@@ -738,39 +760,28 @@ class SettlementWriter:
                             builder.first_seq, builder.last_seq, exc, attempt, delay_s)
                 await asyncio.sleep(delay_s)
 
-    async def _commit(self, conn: asyncpg.Connection, batch: _Batch, b: BatchBuilder,
-                      previous: asyncio.Task | None) -> None:
-        """One transaction: COPY the rows, wait for the batch before to land,
-        check last_seq, apply orders and balances, advance last_seq."""
+    async def _commit(self, conn: asyncpg.Connection, flight: _Flight, b: BatchBuilder,
+                      previous: _Flight | None) -> None:
+        """One transaction; see the module docstring for the steps."""
+        batch = flight.batch
         async with conn.transaction():
-            # Before the batch ahead has committed: only rows no other transaction
-            # can collide with (identity keys).  A transaction that waits here for
-            # its predecessor must hold nothing another writer's COPY could block
-            # on, or two writers of one engine could wait on each other forever.
+            # Before the batch ahead holds the state row: only rows nothing else
+            # can collide with (identity keys), so that a transaction waiting
+            # client-side holds nothing another writer's COPY could block on.
             copied = len(b.transfers) + len(b.audit)
             await conn.copy_records_to_table("transfers", records=b.transfers,
                                              columns=TRANSFER_COLUMNS)
             if b.audit:
                 await conn.copy_records_to_table("audit_log", records=b.audit,
                                                  columns=AUDIT_COLUMNS)
-            if previous is not None and not previous.done():
-                await asyncio.wait([previous])
+            if previous is not None and not previous.locked.is_set():
+                await previous.locked.wait()
             if self._failure is not None:
                 raise _PredecessorFailed()
-            # The batch ahead is committed; the state row lock below serialises
-            # this transaction against every other writer of this engine.
-            last = await conn.fetchval(_SQL_LOCK_STATE, self.engine_id)
-            if last is None:
-                raise LedgerRejected(f"no settlement_state row for engine {self.engine_id!r}",
-                                     events=batch.events())
-            if last >= b.last_seq:
-                raise _AlreadyCommitted()
-            if last >= b.first_seq:
-                raise _Trim(last)
-            if b.first_seq != last + 1:
-                raise LedgerRejected(
-                    f"batch starts at seq {b.first_seq} but the ledger is at {last}: a gap",
-                    events=batch.events())
+            # The batch ahead holds the state row (or has committed): every
+            # other transaction that could insert these trade or order ids now
+            # waits for a lock PostgreSQL can see, so a conflict between two
+            # writers of one engine is a detected deadlock (retried), not a hang.
             if b.trades:
                 copied += len(b.trades)
                 await conn.copy_records_to_table("trades", records=b.trades, columns=TRADE_COLUMNS)
@@ -779,6 +790,21 @@ class SettlementWriter:
                 copied += len(new_orders)
                 await conn.copy_records_to_table("orders", records=new_orders,
                                                  columns=ORDER_COLUMNS)
+            last = await conn.fetchval(_SQL_LOCK_STATE, self.engine_id)   # waits for its COMMIT
+            flight.locked.set()
+            if last is None:
+                raise LedgerRejected(f"no settlement_state row for engine {self.engine_id!r}",
+                                     events=batch.events())
+            if last >= b.last_seq:
+                raise _AlreadyCommitted()
+            if last >= b.first_seq:
+                raise _Trim(last)
+            if b.first_seq != last + 1:
+                if previous is not None and not previous.committed:
+                    raise _NotYet()     # it rolled back (to retry) instead of committing
+                raise LedgerRejected(
+                    f"batch starts at seq {b.first_seq} but the ledger is at {last}: a gap",
+                    events=batch.events())
             if order_updates:
                 columns = [list(c) for c in zip(*order_updates)]
                 updated = await conn.fetchval(_SQL_UPDATE_ORDERS, *columns)

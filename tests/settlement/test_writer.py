@@ -326,3 +326,50 @@ def test_batch_statements_look_rows_up_by_key_however_big_the_tables(db_url):
     order_plan, balance_plan = asyncio.run(main())
     assert "Index Scan using orders_pkey" in order_plan and "Seq Scan" not in order_plan, order_plan
     assert "balances_pkey" in balance_plan and "Seq Scan" not in balance_plan, balance_plan
+
+
+def test_a_failed_batch_keeps_the_batch_behind_it_uncommitted(db_url):
+    """Pipelined: batch k+1 is in flight when batch k hits a CHECK; k+1 must
+    roll back too (it would otherwise be committed past a hole)."""
+    engine, commands = _funded()
+    seq = engine.seq
+    bad = [Transfer(seq + 1, "USDT", 500, 2, "available", 0, "available", "withdraw",
+                    source_balance=-400, target_balance=300)]
+    after = [Transfer(seq + 2, "USDT", 1, 3, "available", 0, "available", "withdraw",
+                      source_balance=99, target_balance=301)]
+
+    async def main():
+        writer = await _start_with(db_url, commands, batch_rows_max=1, pipeline_depth=2)
+        await writer.put(bad)          # a batch of its own
+        await writer.put(after)        # the next batch, in flight beside it
+        with pytest.raises(LedgerRejected, match="balances_available_nonnegative"):
+            await writer.flush()
+        assert writer.pending_events() == bad + after
+        assert writer.committed_seq == seq
+        with pytest.raises(LedgerRejected):
+            await writer.close()
+
+    asyncio.run(main())
+    assert asyncio.run(_last_seq(db_url)) == seq
+    assert_settled(db_url, engine, commands)
+
+
+@pytest.mark.parametrize("pipeline_depth", [1, 2])
+def test_both_pipeline_depths_settle_the_same_ledger(make_db, pipeline_depth):
+    engine, commands = run(seed=17, n=8_000)
+    url = make_db()
+
+    async def main():
+        writer = SettlementWriter(url, assets=ASSETS, batch_rows_max=800,
+                                  pipeline_depth=pipeline_depth)
+        await writer.start()
+        for i, events in enumerate(commands):
+            await writer.put(events)
+            if i % 50 == 0:
+                await asyncio.sleep(0)
+        await writer.close()
+        return writer.stats
+
+    stats = asyncio.run(main())
+    assert stats.batches > 10 and stats.commands == len(commands)
+    assert_settled(url, engine, commands)
