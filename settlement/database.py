@@ -11,8 +11,8 @@ data folder, so a new user needs no server installed:
 The embedded server listens on a unix socket only (no TCP port), so its URL
 looks like ``postgresql://postgres:@/postgres?host=/path/to/socket-dir``;
 asyncpg and psql both take it.  It is stopped when the last process that
-asked for it exits, unless ``keep_running=True`` (``python -m settlement url``
-uses that; ``python -m settlement stop`` stops it).
+asked for it exits, unless ``keep_running=True`` was asked once (``python -m
+settlement url`` does; it stays up until ``python -m settlement stop``).
 
 This module owns finding and starting the server; it never creates schemas.
 """
@@ -60,13 +60,25 @@ def _pgserver():
     return pgserver
 
 
+_KEEP_RUNNING_FLAG = ".exchange-keep-running"
+
+
 def embedded_server(pgdata: str | os.PathLike | None = None, *, keep_running: bool = False):
     """Start (or attach to) the embedded server in ``pgdata`` and return the
-    ``pgserver.PostgresServer`` handle."""
+    ``pgserver.PostgresServer`` handle.
+
+    pgserver stops the server when the last process using it exits.  With
+    ``keep_running`` (or once any caller asked for it, until ``stop_embedded``)
+    it stays up: a flag file in the data folder remembers that."""
     pgserver = _pgserver()
     path = Path(pgdata).expanduser().resolve() if pgdata is not None else default_pgdata()
     path.parent.mkdir(parents=True, exist_ok=True)
-    return pgserver.get_server(path, cleanup_mode=None if keep_running else "stop")
+    flag = path / _KEEP_RUNNING_FLAG
+    keep = keep_running or flag.exists()
+    server = pgserver.get_server(path, cleanup_mode=None if keep else "stop")
+    if keep_running:
+        flag.touch()
+    return server
 
 
 def embedded_url(pgdata: str | os.PathLike | None = None, *, keep_running: bool = False) -> str:
@@ -80,6 +92,7 @@ def stop_embedded(pgdata: str | os.PathLike | None = None) -> bool:
     pgserver = _pgserver()
     from pgserver.utils import PostmasterInfo
     path = Path(pgdata).expanduser().resolve() if pgdata is not None else default_pgdata()
+    (path / _KEEP_RUNNING_FLAG).unlink(missing_ok=True)
     info = PostmasterInfo.read_from_pgdata(path) if path.is_dir() else None
     if info is None or not info.is_running():
         return False
