@@ -68,6 +68,7 @@ log = logging.getLogger("settlement.writer")
 BATCH_ROWS_MAX_DEFAULT = 10_000
 FLUSH_INTERVAL_MS_DEFAULT = 20
 PIPELINE_DEPTH_DEFAULT = 2
+FLIGHT_GROUNDING_S = 10.0       # close(): how long batches still in flight may take to end
 RECONNECT_ATTEMPTS_MAX_DEFAULT = 30
 RECONNECT_DELAY_MIN_MS = 25
 RECONNECT_DELAY_MAX_MS_DEFAULT = 2_000
@@ -246,6 +247,14 @@ class WriterStats:
     trimmed_batches: int = 0     # batches whose first commands another writer had committed
     retries: int = 0             # batch attempts that failed transiently
     reconnects: int = 0          # connections opened after the first
+
+
+async def _let_cancellations_unwind() -> None:
+    """A connection closed under a running query leaves asyncpg a cancelled
+    CancelRequest task; give it loop turns to finish before the caller's loop
+    may close (else: "Task was destroyed but it is pending")."""
+    for _ in range(3):
+        await asyncio.sleep(0)
 
 
 class _Batch:
@@ -455,8 +464,10 @@ class SettlementWriter:
                     await self._task
                 except Exception:
                     pass        # recorded in self._failure, raised below
+            await self._ground_flights(FLIGHT_GROUNDING_S)
             for slot in range(self.pipeline_depth):
                 await self._drop_connection(slot, graceful=True)
+            await _let_cancellations_unwind()
         if self._failure is not None:
             raise self._failure
 
@@ -466,16 +477,16 @@ class SettlementWriter:
         in ``pending_events()``.  What a crash does, on purpose: a new writer
         fed the stream again from seq 1 settles the rest exactly once."""
         self._closing = True
-        tasks = [t for t in [self._task] + [f.task for f in self._flights] if t is not None]
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
             try:
-                await t
+                await self._task
             except BaseException:
                 pass
+        await self._ground_flights(0)
         for slot in range(self.pipeline_depth):
             await self._drop_connection(slot)
+        await _let_cancellations_unwind()
 
     async def __aenter__(self) -> "SettlementWriter":
         await self.start()
@@ -621,6 +632,21 @@ class SettlementWriter:
         self._landed.set()
         if self.on_commit is not None:
             self.on_commit(committed)
+
+    async def _ground_flights(self, timeout_s: float) -> None:
+        """Let flights still running (after a failure, the ones behind it
+        roll back) end within ``timeout_s``, then cancel what is left."""
+        tasks = [f.task for f in self._flights if f.task is not None and not f.task.done()]
+        if tasks and timeout_s > 0:
+            await asyncio.wait(tasks, timeout=timeout_s)
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        for t in tasks:
+            try:
+                await t
+            except BaseException:
+                pass
 
     def _fail(self, error: SettlementError) -> None:
         if self._failure is None:
