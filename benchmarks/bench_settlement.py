@@ -29,7 +29,6 @@ import os
 import platform
 import random
 import secrets
-import statistics
 import sys
 import time
 from pathlib import Path

@@ -246,7 +246,7 @@ class WriterStats:
     skipped_batches: int = 0     # batches found already committed (a retry after an unacknowledged COMMIT)
     trimmed_batches: int = 0     # batches whose first commands another writer had committed
     retries: int = 0             # batch attempts that failed transiently
-    reconnects: int = 0          # connections opened after the first
+    reconnects: int = 0          # connections opened again after one was lost (any slot)
 
 
 async def _let_cancellations_unwind() -> None:
