@@ -206,6 +206,11 @@ class Engine:
         """(bids, asks): lists of (price_ticks, qty_lots), best first."""
         return self._book.depth(self._market_by_symbol[symbol].index, levels)
 
+    def top(self, symbol: str) -> tuple[int, int]:
+        """(best bid, best ask) in ticks; 0 for an empty side."""
+        i = self._market_by_symbol[symbol].index
+        return self._book.best_bid(i), self._book.best_ask(i)
+
     def last_price(self, symbol: str) -> int:
         """Price (ticks) of the last trade, 0 before the first."""
         return self._market_by_symbol[symbol].last_price
