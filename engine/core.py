@@ -493,7 +493,8 @@ class Engine:
             t.locked, t.fee_numer, t.stp, t.flags = reserve, 0, stp, _flags(post_only, stp)
             self._set_limits(t, m, is_market, tif, price, quote_qty)
             self._take(m, t)
-        self._run_stops(m)
+        if self._stops:
+            self._run_stops(m)
 
     def _set_limits(self, t: _Taker, m: Market, is_market: bool, tif: str, price, quote_qty):
         t.market_order = is_market
@@ -510,14 +511,40 @@ class Engine:
     def _take(self, m: Market, t: _Taker) -> None:
         """Match ``t`` against the book, settle every fill, then rest or end it.
         The caller runs ``_run_stops`` afterwards: fills may have moved the price."""
+        book = self._book
+        records = book.match(m.index, t.side, t.limit, t.qty, t.budget, m.notional_unit,
+                             t.account, t.stp)
+        if not records and t.can_rest:
+            # nothing crossed: it rests whole, holding exactly the reserve it was given
+            book.add(m.index, t.order_id, t.account, t.side, t.limit, t.qty, t.fee_numer, t.flags)
+            return
+        stp_ended = self._settle(m, t, records) if records else False
+        seq, account, order_id, taker_buys = self._seq, t.account, t.order_id, t.side == BUY
+        # the rest of the order: rest it, or end it and release everything
+        if t.qty and t.can_rest and not stp_ended:
+            book.add(m.index, order_id, account, t.side, t.limit, t.qty, t.fee_numer, t.flags)
+            keep = self._resting_reserve(m, t.side, t.limit, t.qty, t.fee_numer)
+        else:
+            if t.qty and (stp_ended or not t.quote_only or t.locked):
+                self._ev.append(Cancelled(seq, order_id, account, 0 if t.quote_only else t.qty,
+                                          R.CANCEL_STP if stp_ended else R.CANCEL_IOC))
+            self._close(order_id, account)
+            keep = 0
+        release = t.locked - keep
+        assert release >= 0, (release, t.locked, keep)
+        if release:
+            self._transfer(m.quote if taker_buys else m.base, release, account, True, account,
+                           False, "unlock", order_id=order_id)
+
+    def _settle(self, m: Market, t: _Taker, records) -> bool:
+        """Apply the book's records for taker ``t``: trades with their transfers
+        and fees, and self-trade prevention.  Returns True when STP ended ``t``."""
         seq, ev, book = self._seq, self._ev, self._book
         unit, base_unit = m.notional_unit, m.base_unit
         maker_bps, taker_bps, reserve_bps = m.maker_bps, m.taker_bps, m.reserve_bps
-        side = t.side
-        taker_buys = side == BUY
-        side_name = _SIDE_NAMES[side]
+        taker_buys = t.side == BUY
+        side_name = _SIDE_NAMES[t.side]
         account, order_id = t.account, t.order_id
-        records = book.match(m.index, side, t.limit, t.qty, t.budget, unit, account, t.stp)
         stp_ended = False
         for kind, maker_id, maker_account, price, qty, maker_left, maker_numer, maker_flags in records:
             if kind == FILL:
@@ -587,21 +614,7 @@ class Engine:
             else:
                 assert kind == TAKER_CANCELLED, kind
                 stp_ended = True
-        # the rest of the order: rest it, or end it and release everything
-        if t.qty and t.can_rest and not stp_ended:
-            book.add(m.index, order_id, account, side, t.limit, t.qty, t.fee_numer, t.flags)
-            keep = self._resting_reserve(m, side, t.limit, t.qty, t.fee_numer)
-        else:
-            if t.qty and (stp_ended or not t.quote_only or t.locked):
-                ev.append(Cancelled(seq, order_id, account, 0 if t.quote_only else t.qty,
-                                    R.CANCEL_STP if stp_ended else R.CANCEL_IOC))
-            self._close(order_id, account)
-            keep = 0
-        release = t.locked - keep
-        assert release >= 0, (release, t.locked, keep)
-        if release:
-            self._transfer(m.quote if taker_buys else m.base, release, account, True, account,
-                           False, "unlock", order_id=order_id)
+        return stp_ended
 
     def _release_resting(self, m: Market, order_id: int, account: int, buys: bool, price: int,
                          qty_before: int, fee_numer: int, qty_after: int) -> None:
@@ -736,7 +749,8 @@ class Engine:
         t.locked, t.fee_numer, t.stp, t.flags = new_reserve, fee_numer, flags >> 1, flags
         t.quote_only, t.budget, t.can_rest, t.market_order = False, NO_BUDGET, True, False
         self._take(m, t)
-        self._run_stops(m)
+        if self._stops:
+            self._run_stops(m)
 
     # ------------------------------------------------------------ money in and out
     def _money_args(self, c, min_account: int):
