@@ -349,6 +349,10 @@ class Engine:
                                  client_order_id if type(client_order_id) is str else "",
                                  reason, order_id if type(order_id) is int else 0))
 
+    def _reject_amend(self, account: int, order_id: int, reason: str) -> None:
+        """Reject a replace of one of the account's own open orders, naming its client id."""
+        self._reject(account, self._order_cid.get(order_id, ""), reason, order_id)
+
     def _balances(self, account: int) -> list[int]:
         b = self._bal.get(account)
         if b is None:
@@ -699,29 +703,29 @@ class Engine:
             return self._reject(account, "", R.INVALID_ACCOUNT)
         if type(order_id) is not int:
             return self._reject(account, "", R.UNKNOWN_ORDER)
-        stop = self._stops.get(order_id)
-        if stop is not None and stop.account == account:
-            return self._reject(account, "", R.ORDER_NOT_REPLACEABLE, order_id)
+        if self._stops:
+            stop = self._stops.get(order_id)
+            if stop is not None and stop.account == account:
+                return self._reject_amend(account, order_id, R.ORDER_NOT_REPLACEABLE)
         rec = self._book.get(order_id)
         if rec is None or rec[1] != account:
             return self._reject(account, "", R.UNKNOWN_ORDER, order_id)
         instrument, _, side, price, qty, fee_numer, flags = rec
         m = self._markets[instrument]
-        cid = self._order_cid.get(order_id, "") if self._order_cid else ""
         if m.halted:
-            return self._reject(account, cid, R.HALTED, order_id)
-        if new_price is None and new_qty is None:
-            return self._reject(account, cid, R.INVALID_COMBINATION, order_id)
+            return self._reject_amend(account, order_id, R.HALTED)
         if new_price is None:
+            if new_qty is None:
+                return self._reject_amend(account, order_id, R.INVALID_COMBINATION)
             new_price = price
         elif type(new_price) is not int or not 1 <= new_price <= m.max_price:
-            return self._reject(account, cid, R.PRICE_OUT_OF_RANGE, order_id)
+            return self._reject_amend(account, order_id, R.PRICE_OUT_OF_RANGE)
         if new_qty is None:
             new_qty = qty
         elif type(new_qty) is not int or not m.min_qty <= new_qty <= m.max_qty:
-            return self._reject(account, cid, R.QTY_OUT_OF_RANGE, order_id)
+            return self._reject_amend(account, order_id, R.QTY_OUT_OF_RANGE)
         if m.min_notional and new_price * new_qty * m.notional_unit < m.min_notional:
-            return self._reject(account, cid, R.BELOW_MIN_NOTIONAL, order_id)
+            return self._reject_amend(account, order_id, R.BELOW_MIN_NOTIONAL)
         seq, buys = self._seq, side == BUY
         if new_price == price and new_qty <= qty:
             # smaller (or equal) at the same price: keeps its place in the queue
@@ -731,13 +735,13 @@ class Engine:
             self._release_resting(m, order_id, account, buys, price, qty, fee_numer, new_qty)
             return
         if flags & FLAG_POST_ONLY and self._book.crosses(instrument, side, new_price):
-            return self._reject(account, cid, R.POST_ONLY_WOULD_TRADE, order_id)
+            return self._reject_amend(account, order_id, R.POST_ONLY_WOULD_TRADE)
         old_reserve = self._resting_reserve(m, side, price, qty, fee_numer)
         new_reserve = self._resting_reserve(m, side, new_price, new_qty, fee_numer)
         asset = m.quote if buys else m.base
         extra = new_reserve - old_reserve
         if extra > self._bal[account][2 * asset]:
-            return self._reject(account, cid, R.INSUFFICIENT_FUNDS, order_id)
+            return self._reject_amend(account, order_id, R.INSUFFICIENT_FUNDS)
         self._book.remove(order_id)
         self._ev.append(Replaced(seq, order_id, account, new_price, new_qty, False))
         if extra > 0:
