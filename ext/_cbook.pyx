@@ -46,7 +46,7 @@ cimport cython
 from libc.stdint cimport int32_t, int64_t, uint64_t, INT64_MAX, INT32_MAX
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memmove
-from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.long cimport PyLong_AsLongLong, PyLong_AsLongLongAndOverflow, PyLong_Check
 
 cdef extern from *:
     """
@@ -173,6 +173,14 @@ cdef int _fee_split(object numer, int64_t *whole, int32_t *frac) except -1:
     whole[0] = q
     frac[0] = <int32_t>r
     return 0
+
+
+cdef inline int64_t _i64(object v) except? -1:
+    """An exact int as int64: TypeError for anything but an int (a float is
+    never silently truncated), OverflowError past int64."""
+    if not PyLong_Check(v):
+        raise TypeError(f"an int is required, not {type(v).__name__}")
+    return PyLong_AsLongLong(v)
 
 
 cdef int _as_id(object order_id, int64_t *out) except -1:
@@ -424,7 +432,7 @@ cdef class Book:
         self.n_levels -= 1
 
     # ============================================================ sides
-    cdef inline Side *_side(self, Py_ssize_t instrument, int side) except NULL:
+    cdef inline Side *_side(self, int64_t instrument, int side) except NULL:
         if instrument < 0 or instrument >= self.n_instruments:
             raise IndexError(f"instrument {instrument} out of range")
         return &self.sides[2 * instrument + (0 if side == 0 else 1)]
@@ -488,16 +496,17 @@ cdef class Book:
         return (lv.side >> 1, o.account, lv.side & 1, lv.price, o.qty,
                 _fee_to_py(o.fee_whole, o.fee_frac), o.flags)
 
-    def best_bid(self, Py_ssize_t instrument):
-        cdef Side *sd = self._side(instrument, 0)
+    def best_bid(self, instrument):
+        cdef Side *sd = self._side(_i64(instrument), 0)
         return sd.keys[sd.n - 1] if sd.n else 0
 
-    def best_ask(self, Py_ssize_t instrument):
-        cdef Side *sd = self._side(instrument, 1)
+    def best_ask(self, instrument):
+        cdef Side *sd = self._side(_i64(instrument), 1)
         return -sd.keys[sd.n - 1] if sd.n else 0
 
-    def crosses(self, Py_ssize_t instrument, int side, int64_t price):
+    def crosses(self, instrument_, side_, price_):
         """Would an order at ``price`` trade on arrival?"""
+        cdef int64_t instrument = _i64(instrument_), side = _i64(side_), price = _i64(price_)
         cdef Side *sd
         if side == 0:
             sd = self._side(instrument, 1)
@@ -505,8 +514,9 @@ cdef class Book:
         sd = self._side(instrument, 0)
         return sd.n != 0 and sd.keys[sd.n - 1] >= price
 
-    def depth(self, Py_ssize_t instrument, levels):
+    def depth(self, instrument_, levels):
         """([(price, qty)...] bids best first, [(price, qty)...] asks best first)."""
+        cdef int64_t instrument = _i64(instrument_)
         cdef Side *bids = self._side(instrument, 0)
         cdef Side *asks = self._side(instrument, 1)
         return self._levels(bids, levels), self._levels(asks, levels)
@@ -523,10 +533,11 @@ cdef class Book:
             out.append((lv.price, cb_i128_to_py(lv.qty)))
         return out
 
-    def dump(self, Py_ssize_t instrument):
+    def dump(self, instrument_):
         """Every resting order of an instrument in priority order (bids best
         first, then asks best first; FIFO inside a level) as
         (order_id, account, side, price, qty, fee_numer, flags)."""
+        cdef int64_t instrument = _i64(instrument_)
         cdef list out = []
         self._dump_side(self._side(instrument, 0), 0, out)
         self._dump_side(self._side(instrument, 1), 1, out)
@@ -546,9 +557,12 @@ cdef class Book:
                 slot = o.next
 
     # ============================================================ updates
-    def add(self, Py_ssize_t instrument, int64_t order_id, int64_t account, int side,
-            int64_t price, int64_t qty, fee_numer, int32_t flags):
+    def add(self, instrument_, order_id_, account_, side_, price_, qty_, fee_numer, flags_):
         """Rest an order at the back of its price level."""
+        cdef int64_t instrument = _i64(instrument_), order_id = _i64(order_id_)
+        cdef int64_t account = _i64(account_), side = _i64(side_), price = _i64(price_)
+        cdef int64_t qty = _i64(qty_), flags64 = _i64(flags_)
+        cdef int32_t flags
         cdef int64_t fee_whole, key
         cdef int32_t fee_frac, pos, li, slot
         cdef Side *sd
@@ -556,6 +570,9 @@ cdef class Book:
         cdef Order *o
         if side != 0 and side != 1:
             raise IndexError(f"side must be BUY (0) or SELL (1), not {side}")
+        if not (-2147483648 <= flags64 <= 2147483647):
+            raise OverflowError(f"flags must fit int32: {flags64}")
+        flags = <int32_t>flags64
         sd = self._side(instrument, side)
         if self._find(order_id) != NIL:
             raise AssertionError(order_id)
@@ -640,9 +657,10 @@ cdef class Book:
             raise KeyError(order_id)
         return slot
 
-    def reduce(self, order_id, int64_t qty):
+    def reduce(self, order_id, qty_):
         """Lower an order's open quantity in place, keeping its time priority."""
         cdef int32_t slot = self._slot_or_keyerror(order_id)
+        cdef int64_t qty = _i64(qty_)
         cdef Order *o = &self.orders[slot]
         if not (0 < qty <= o.qty):
             raise AssertionError((qty, o.qty))
@@ -770,11 +788,14 @@ cdef class Book:
                     break
         return n
 
-    def match(self, Py_ssize_t instrument, int side, int64_t limit, int64_t qty, int64_t budget,
-              int64_t unit, int64_t account, int stp):
+    def match(self, instrument_, side_, limit_, qty_, budget_, unit_, account_, stp_):
         """Match an incoming order against the opposite side; see
         ``engine.book.Book.match`` for the arguments and the records."""
-        cdef bint taker_buys = side == 0
+        cdef int64_t instrument = _i64(instrument_), limit = _i64(limit_), qty = _i64(qty_)
+        cdef int64_t budget = _i64(budget_), unit = _i64(unit_), account = _i64(account_)
+        cdef int64_t stp64 = _i64(stp_)
+        cdef int stp = <int>stp64 if 0 <= stp64 <= 3 else 1     # the reference: else like cancel_oldest
+        cdef bint taker_buys = _i64(side_) == 0
         cdef Side *sd = self._side(instrument, 1 if taker_buys else 0)
         cdef Py_ssize_t n, i
         cdef Rec *r
@@ -791,12 +812,13 @@ cdef class Book:
                         _fee_to_py(r.fee_whole, r.fee_frac), r.flags))
         return out
 
-    def can_fill(self, Py_ssize_t instrument, int side, int64_t limit, int64_t qty,
-                 int64_t account, int stp):
+    def can_fill(self, instrument_, side_, limit_, qty_, account_, stp_):
         """Would ``match`` with these arguments (and no budget) trade all ``qty``?
         Changes nothing.  Own orders met first end the walk, except under
         ``cancel_oldest``, which would remove them and go on."""
-        cdef bint taker_buys = side == 0
+        cdef int64_t instrument = _i64(instrument_), limit = _i64(limit_), qty = _i64(qty_)
+        cdef int64_t account = _i64(account_), stp = _i64(stp_)
+        cdef bint taker_buys = _i64(side_) == 0
         cdef Side *sd = self._side(instrument, 1 if taker_buys else 0)
         cdef int32_t i, slot
         cdef Level *lv
