@@ -19,14 +19,18 @@ Layout (no Python object per resting order):
   head/tail order, count), free slots chained through ``head``.
 * sides: per (instrument, side) a sorted array of level keys and level slots,
   worst price first and the best at the END, so the best level is O(1), the
-  match loop pops levels off the end, and adding or removing near the top
-  moves few entries.  The key is the price for bids and -price for asks, so
-  both sides sort ascending.  Cost: a new level or an emptied level deep in
-  the book moves every better level's 12-byte entry (memmove); the engine's
-  books are dense around the mid, so this is short in practice.  Prices are
-  never used as an index: any price 1..2**63-1 works.
-* index: open-addressing hash map order_id -> order slot (Fibonacci hashing,
-  linear probing, load <= 1/2, backward-shift delete, no tombstones).
+  match loop pops levels off the end, and adding near the top moves few
+  entries.  The key is the price for bids and -price for asks, so both sides
+  sort ascending.  A level emptied deep in the book keeps its entry (no
+  memmove; the next order at that price revives it) until empty entries
+  outnumber live ones and the array is compacted; the last entry is always
+  live.  Cost: a level at a price new to the book, deep in it, moves every
+  better level's 12-byte entry; the engine's books are dense around the mid,
+  so this is short in practice.  Prices are never used as an index: any
+  price 1..2**63-1 works.
+* index: open-addressing hash map order_id -> order slot: Robin Hood linear
+  probing (load <= 1/2, backward-shift delete, no tombstones) over a hash
+  that keeps sequential ids in sequential buckets (see ``_home``).
 
 ``fee_numer`` (opaque here) is kept as whole = numer // 10000 and
 frac = numer % 10000 (two integers, the same Python int comes back);
@@ -133,8 +137,9 @@ cdef struct Level:
 cdef struct Side:
     int64_t *keys            # price (bids) or -price (asks), ascending: best at the end
     int32_t *levels          # level slots, parallel to keys
-    int32_t n
+    int32_t n                # entries, emptied levels included
     int32_t cap
+    int32_t empty            # entries whose level has no order (never the last one)
 
 
 cdef struct Rec:             # one match record, turned into a tuple after the loop
@@ -180,7 +185,7 @@ cdef inline int64_t _i64(object v) except? -1:
     never silently truncated), OverflowError past int64."""
     if not PyLong_Check(v):
         raise TypeError(f"an int is required, not {type(v).__name__}")
-    return PyLong_AsLongLong(v)
+    return <int64_t>v           # Cython's inline conversion (fast for small ints)
 
 
 cdef int _as_id(object order_id, int64_t *out) except -1:
@@ -188,7 +193,7 @@ cdef int _as_id(object order_id, int64_t *out) except -1:
     not an int), which for lookups means "not in the book"."""
     cdef int overflow = 0
     cdef long long v
-    if not isinstance(order_id, int):
+    if not PyLong_Check(order_id):
         return 0
     v = PyLong_AsLongLongAndOverflow(order_id, &overflow)
     if overflow:
@@ -234,7 +239,7 @@ cdef class Book:
     cdef int32_t *hvals           # order slots; NIL = empty bucket
     cdef int64_t hcap             # power of two
     cdef uint64_t hmask
-    cdef int hshift               # 64 - log2(hcap)
+    cdef int hbits                # log2(hcap)
 
     cdef Rec *recs                # match records, reused across calls
     cdef Py_ssize_t recs_cap
@@ -253,6 +258,7 @@ cdef class Book:
             self.sides[i].levels = NULL
             self.sides[i].n = 0
             self.sides[i].cap = 0
+            self.sides[i].empty = 0
         self.n_instruments = <int32_t>n_instruments     # __dealloc__ may free them now
         self.orders_cap = 1024
         self.orders = <Order *>malloc(self.orders_cap * sizeof(Order))
@@ -273,7 +279,7 @@ cdef class Book:
         self.lvls_free = NIL
         self.n_levels = 0
         self.hmask = <uint64_t>(self.hcap - 1)
-        self.hshift = 64 - 11
+        self.hbits = 11
         for i in range(self.hcap):
             self.hvals[i] = NIL
 
@@ -291,50 +297,73 @@ cdef class Book:
         free(self.recs)
 
     # ============================================================ hash index
+    # Robin Hood linear probing: along a run, entries sit in order of their home
+    # bucket, so a miss stops as soon as it meets an entry closer to its home
+    # than the probe is, and a delete shifts back only the displaced entries
+    # after the hole.  Both stay short even inside a long run of occupied
+    # buckets, which lets the hash keep sequential ids in sequential buckets.
     cdef inline uint64_t _home(self, int64_t key) noexcept:
-        return ((<uint64_t>key) * <uint64_t>0x9E3779B97F4A7C15ULL) >> self.hshift
+        # The id's low bits plus a Fibonacci hash of its bits above the table
+        # size: consecutive ids (the engine assigns them in sequence) get
+        # consecutive buckets -- no collisions, and recent orders share cache
+        # lines -- while ids that differ only above the table size (strided,
+        # or in the top bits) are spread by the multiplicative hash.
+        cdef uint64_t k = <uint64_t>key
+        cdef uint64_t high = ((k >> self.hbits) * <uint64_t>0x9E3779B97F4A7C15ULL) >> (64 - self.hbits)
+        return (k + high) & self.hmask
+
+    cdef inline uint64_t _dist(self, uint64_t i) noexcept:
+        """How far the entry in bucket i sits from its home."""
+        return (i - self._home(self.hkeys[i])) & self.hmask
+
+    cdef inline int64_t _bucket(self, int64_t key) noexcept:
+        """The bucket holding key, or -1."""
+        cdef uint64_t i = self._home(key)
+        cdef uint64_t d = 0
+        while True:
+            if self.hvals[i] == NIL:
+                return -1
+            if self.hkeys[i] == key:
+                return <int64_t>i
+            if self._dist(i) < d:       # key would sit before this entry
+                return -1
+            i = (i + 1) & self.hmask
+            d += 1
 
     cdef inline int32_t _find(self, int64_t key) noexcept:
-        cdef uint64_t i = self._home(key)
-        cdef int32_t v
-        while True:
-            v = self.hvals[i]
-            if v == NIL:
-                return NIL
-            if self.hkeys[i] == key:
-                return v
-            i = (i + 1) & self.hmask
+        cdef int64_t b = self._bucket(key)
+        return NIL if b < 0 else self.hvals[b]
 
     cdef inline void _hinsert(self, int64_t key, int32_t slot) noexcept:
         # the caller made room (_reserve_index) and checked key is absent
         cdef uint64_t i = self._home(key)
+        cdef uint64_t d = 0, di
+        cdef int64_t k2
+        cdef int32_t v2
         while self.hvals[i] != NIL:
+            di = self._dist(i)
+            if di < d:                  # take the place of the less displaced entry
+                k2, v2 = self.hkeys[i], self.hvals[i]
+                self.hkeys[i], self.hvals[i] = key, slot
+                key, slot, d = k2, v2, di
             i = (i + 1) & self.hmask
+            d += 1
         self.hkeys[i] = key
         self.hvals[i] = slot
 
     cdef void _herase(self, int64_t key) noexcept:
-        """Delete key (present) and shift later entries of its probe run back."""
-        cdef uint64_t i = self._home(key)
-        cdef uint64_t j, k
-        while True:
-            if self.hvals[i] == NIL:
-                cb_abort("erasing an id that is not in the index")
-            if self.hkeys[i] == key:
-                break
-            i = (i + 1) & self.hmask
-        j = i
-        while True:
-            j = (j + 1) & self.hmask
-            if self.hvals[j] == NIL:
-                break
-            k = self._home(self.hkeys[j])
-            # the entry at j may fill the hole at i unless its home lies in (i, j]
-            if (k > i and k <= j) if i <= j else (k > i or k <= j):
-                continue
+        """Delete key (present) and shift the displaced entries after it back."""
+        cdef int64_t b = self._bucket(key)
+        cdef uint64_t i, j
+        if b < 0:
+            cb_abort("erasing an id that is not in the index")
+        i = <uint64_t>b
+        j = (i + 1) & self.hmask
+        while self.hvals[j] != NIL and self._dist(j) != 0:
             self.hkeys[i] = self.hkeys[j]
             self.hvals[i] = self.hvals[j]
             i = j
+            j = (j + 1) & self.hmask
         self.hvals[i] = NIL
 
     cdef int _reserve_index(self) except -1:
@@ -358,7 +387,7 @@ cdef class Book:
             new_vals[i] = NIL
         self.hkeys, self.hvals, self.hcap = new_keys, new_vals, new_cap
         self.hmask = <uint64_t>(new_cap - 1)
-        self.hshift -= 1
+        self.hbits += 1
         for i in range(old_cap):
             if old_vals[i] != NIL:
                 self._hinsert(old_keys[i], old_vals[i])
@@ -437,22 +466,37 @@ cdef class Book:
             raise IndexError(f"instrument {instrument} out of range")
         return &self.sides[2 * instrument + (0 if side == 0 else 1)]
 
-    cdef void _drop_level(self, Side *sd, int32_t li) noexcept:
-        """Remove an emptied level from its side's array and free it."""
-        cdef int64_t key
-        cdef int32_t pos
-        if sd.n > 0 and sd.levels[sd.n - 1] == li:      # the best: the usual case
+    cdef void _level_emptied(self, Side *sd, int32_t li) noexcept:
+        """A level lost its last order.  The best level leaves the array at once
+        (and any emptied levels then at the end with it), so the last entry is
+        always a live level.  One deeper in the book stays as an empty entry,
+        ready for the next order at that price, and costs no memmove now; the
+        array is compacted when empty entries outnumber live ones."""
+        if sd.levels[sd.n - 1] == li:
             sd.n -= 1
+            self._free_level(li)
+            while sd.n > 0 and self.lvls[sd.levels[sd.n - 1]].count == 0:
+                sd.n -= 1
+                sd.empty -= 1
+                self._free_level(sd.levels[sd.n])
         else:
-            key = self.lvls[li].price if (self.lvls[li].side & 1) == 0 else -self.lvls[li].price
-            pos = _lower_bound(sd, key)
-            # present by construction; checked so a broken invariant cannot move memory
-            if pos >= sd.n or sd.levels[pos] != li:
-                cb_abort("level missing from its side")
-            memmove(&sd.keys[pos], &sd.keys[pos + 1], (sd.n - pos - 1) * sizeof(int64_t))
-            memmove(&sd.levels[pos], &sd.levels[pos + 1], (sd.n - pos - 1) * sizeof(int32_t))
-            sd.n -= 1
-        self._free_level(li)
+            sd.empty += 1
+            if sd.empty > 32 and 2 * sd.empty > sd.n:
+                self._compact(sd)
+
+    cdef void _compact(self, Side *sd) noexcept:
+        """Drop every empty entry (amortized O(1) per emptied level)."""
+        cdef int32_t i, w = 0, li
+        for i in range(sd.n):
+            li = sd.levels[i]
+            if self.lvls[li].count:
+                sd.keys[w] = sd.keys[i]
+                sd.levels[w] = li
+                w += 1
+            else:
+                self._free_level(li)
+        sd.n = w
+        sd.empty = 0
 
     cdef void _unlink(self, int32_t slot) noexcept:
         """Take a resting order out of its level (dropping an emptied level),
@@ -473,7 +517,7 @@ cdef class Book:
         self._herase(o.order_id)
         self._free_order(slot)
         if lv.count == 0:
-            self._drop_level(&self.sides[lv.side], li)
+            self._level_emptied(&self.sides[lv.side], li)
 
     # ============================================================ queries
     def __len__(self):
@@ -528,9 +572,13 @@ cdef class Book:
         if levels <= 0:
             return out
         k = sd.n if levels >= sd.n else <int32_t>levels
-        for i in range(sd.n - 1, sd.n - 1 - k, -1):
+        i = sd.n - 1
+        while k > 0 and i >= 0:
             lv = &self.lvls[sd.levels[i]]
-            out.append((lv.price, cb_i128_to_py(lv.qty)))
+            i -= 1
+            if lv.count:                # emptied levels are skipped
+                out.append((lv.price, cb_i128_to_py(lv.qty)))
+                k -= 1
         return out
 
     def dump(self, instrument_):
@@ -591,6 +639,8 @@ cdef class Book:
             pos = _lower_bound(sd, key)
             if pos < sd.n and sd.keys[pos] == key:
                 li = sd.levels[pos]
+                if self.lvls[li].count == 0:     # an emptied level comes back
+                    sd.empty -= 1
             else:
                 self._reserve_level(sd)
                 li = self.lvls_free
@@ -715,8 +765,7 @@ cdef class Book:
         self._herase(o.order_id)
         self._free_order(slot)
         if lv.count == 0:
-            sd.n -= 1                   # the best level is the last entry
-            self._free_level(li)
+            self._level_emptied(sd, li)     # the best level: leaves at once
             return True
         return False
 
@@ -825,6 +874,8 @@ cdef class Book:
         cdef Order *o
         for i in range(sd.n - 1, -1, -1):
             lv = &self.lvls[sd.levels[i]]
+            if lv.count == 0:
+                continue
             if (lv.price > limit) if taker_buys else (lv.price < limit):
                 return False
             slot = lv.head
@@ -841,9 +892,20 @@ cdef class Book:
         return False
 
     # ============================================================ self-check
+    cdef int64_t _max_displacement(self):
+        """The farthest any id sits from its home bucket: a bound on the
+        probes of a lookup, a miss or a delete."""
+        cdef int64_t i, d, worst = 0
+        for i in range(self.hcap):
+            if self.hvals[i] != NIL:
+                d = <int64_t>self._dist(<uint64_t>i)
+                if d > worst:
+                    worst = d
+        return worst
+
     def validate(self):
         """Slow walk over every invariant of the structure (tests only)."""
-        cdef Py_ssize_t s, i, seen = 0, levels_seen = 0, free_seen = 0
+        cdef Py_ssize_t s, i, seen = 0, levels_seen = 0, free_seen = 0, empty
         cdef int32_t li, slot, prev, count
         cdef int64_t key, probe
         cdef i128 total
@@ -855,6 +917,9 @@ cdef class Book:
         for s in range(2 * self.n_instruments):
             sd = &self.sides[s]
             check(0 <= sd.n <= sd.cap, "side counters")
+            check(sd.n == 0 or self.lvls[sd.levels[sd.n - 1]].count > 0, "the best level is empty")
+            check(sd.empty <= 32 or 2 * sd.empty <= sd.n, "too many empty levels kept")
+            empty = 0
             for i in range(sd.n):
                 if i:
                     check(sd.keys[i - 1] < sd.keys[i], "side keys not strictly ascending")
@@ -865,8 +930,12 @@ cdef class Book:
                 key = lv.price if (s & 1) == 0 else -lv.price
                 check(key == sd.keys[i], "level key != price")
                 check(lv.price > 0, "level price <= 0")
-                check(lv.count > 0 and lv.head != NIL, "empty level")
                 levels_seen += 1
+                if lv.count == 0:
+                    check(lv.head == NIL and lv.tail == NIL and lv.qty == 0, "emptied level not empty")
+                    empty += 1
+                    continue
+                check(lv.head != NIL, "level without a head")
                 total = 0
                 count = 0
                 prev = NIL
@@ -888,6 +957,7 @@ cdef class Book:
                 check(count == lv.count, "level count")
                 check(total == lv.qty, f"level total {cb_i128_to_py(total)} != {cb_i128_to_py(lv.qty)}")
                 seen += count
+            check(empty == sd.empty, "empty level count")
         for s in range(self.n_instruments):
             if self.sides[2 * s].n and self.sides[2 * s + 1].n:
                 check(self.sides[2 * s].keys[self.sides[2 * s].n - 1]
@@ -913,7 +983,7 @@ cdef class Book:
         # the index: every entry a live order, reachable from its home bucket
         check(2 * <int64_t>self.n_orders <= self.hcap, "index load > 1/2")
         check(self.hmask == <uint64_t>(self.hcap - 1)
-              and (<uint64_t>1 << (64 - self.hshift)) == <uint64_t>self.hcap, "index geometry")
+              and (<uint64_t>1 << self.hbits) == <uint64_t>self.hcap, "index geometry")
         seen = 0
         for i in range(self.hcap):
             if self.hvals[i] == NIL:
@@ -923,10 +993,15 @@ cdef class Book:
             check(0 <= slot < self.orders_used, "index slot out of range")
             check(self.orders[slot].level != NIL, "index points at a free slot")
             check(self.orders[slot].order_id == self.hkeys[i], "index key != order id")
+            check(self._bucket(self.hkeys[i]) == i, "index entry not found by a lookup")
             probe = <int64_t>self._home(self.hkeys[i])
             while probe != i:
                 check(self.hvals[probe] != NIL, "index entry unreachable (hole in its run)")
                 probe = (probe + 1) & <int64_t>self.hmask
+            # Robin Hood order: the next entry is displaced at most one more
+            probe = (i + 1) & <int64_t>self.hmask
+            if self.hvals[probe] != NIL:
+                check(self._dist(probe) <= self._dist(i) + 1, "index run out of Robin Hood order")
         check(seen == self.n_orders, "index size")
 
 
@@ -938,16 +1013,19 @@ cdef inline void check(bint ok, str what) except *:
 def memory_stats(Book book):
     """Bytes the kernel holds, by structure (its own accounting of malloc'd
     capacity; allocator overhead not included), and the counts."""
-    cdef Py_ssize_t s, side_bytes = 0
+    cdef Py_ssize_t s, side_bytes = 0, empty = 0
     for s in range(2 * book.n_instruments):
         side_bytes += book.sides[s].cap * (sizeof(int64_t) + sizeof(int32_t))
+        empty += book.sides[s].empty
     stats = {
         "orders": book.n_orders,
-        "levels": book.n_levels,
+        "levels": book.n_levels - empty,
+        "empty_levels_kept": empty,
         "order_pool_bytes": book.orders_cap * sizeof(Order),
         "level_pool_bytes": book.lvls_cap * sizeof(Level),
         "side_array_bytes": side_bytes + max(1, 2 * book.n_instruments) * sizeof(Side),
         "index_bytes": book.hcap * (sizeof(int64_t) + sizeof(int32_t)),
+        "index_max_displacement": book._max_displacement(),
         "match_buffer_bytes": book.recs_cap * sizeof(Rec),
         "sizeof_order": sizeof(Order),
         "sizeof_level": sizeof(Level),

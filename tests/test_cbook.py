@@ -752,3 +752,75 @@ def test_auto_picks_cython_and_pure_python_env_forces_python(monkeypatch):
     monkeypatch.setenv("EXCHANGE_PURE_PYTHON", "1")
     assert core.default_book() == "python"
     assert Engine(ASSETS, INSTRUMENTS).book_implementation == "python"
+
+
+# ============================================================ kernel structure
+@needs_kernel
+def test_levels_emptied_deep_in_the_book_are_kept_reused_and_compacted():
+    t = Twin(1)
+    n = 300
+    for k in range(n):                          # one order per level, both sides
+        t.add(0, 1 + k, 2, ref.BUY, 1000 - k, 1, 0, 0)
+        t.add(0, 10_000 + k, 3, ref.SELL, 1001 + k, 1, 0, 0)
+    for k in range(10, 60):                     # empty levels below the top
+        t.remove(1 + k)
+    t.check(1)
+    assert _cbook.memory_stats(t.cy)["empty_levels_kept"] == 50
+    for k in range(10, 30):                     # the same prices come back
+        t.add(0, 50_000 + k, 4, ref.BUY, 1000 - k, 2, 0, 0)
+    t.check(1)
+    assert _cbook.memory_stats(t.cy)["empty_levels_kept"] == 30
+    t.depth(0, 40)
+    t.can_fill(0, ref.SELL, 1, 10**6, 9, 0)
+    for k in range(60, n):                      # past half empty: compacted
+        t.remove(1 + k)
+        if k % 37 == 0:
+            t.check(1)
+    stats = _cbook.memory_stats(t.cy)
+    assert stats["empty_levels_kept"] <= max(32, stats["levels"])
+    for k in range(10):                         # the top goes: empty entries behind it go too
+        t.remove(1 + k)
+    t.match(0, ref.SELL, 1, 10**6, NO_BUDGET, 1, 9, 0)
+    assert t.best_bid(0) == 0 and _cbook.memory_stats(t.cy)["empty_levels_kept"] == 0
+    t.check(1)
+
+
+@needs_kernel
+@pytest.mark.parametrize("pattern", ["sequential", "strided", "random", "top-bits"])
+def test_index_displacement_stays_small(pattern):
+    rnd = random.Random(4)
+    n = 100_000
+    ids = {"sequential": [10**12 + k for k in range(n)],
+           "strided": [k << 20 for k in range(1, n + 1)],
+           "random": rnd.sample(range(1, 2**62), n),
+           "top-bits": [k << 40 for k in range(1, n + 1)]}[pattern]
+    b = _cbook.Book(1)
+    for k, oid in enumerate(ids):
+        b.add(0, oid, 2, k & 1, 1000 + (k & 1) * 100 + k % 50, 1, 0, 0)
+    assert _cbook.memory_stats(b)["index_max_displacement"] <= 64
+    b.validate()
+    rnd.shuffle(ids)
+    for oid in ids[: n // 2]:
+        assert b.remove(oid) is not None
+    b.validate()
+    assert _cbook.memory_stats(b)["index_max_displacement"] <= 64
+
+
+@needs_kernel
+def test_long_fifo_at_one_level_stays_fast():
+    """Complexity guard: 200,000 orders at one price, consumed and cancelled
+    in FIFO order (consecutive ids fill consecutive buckets: a plain linear
+    probe would walk the whole run on every delete)."""
+    import time
+    b = _cbook.Book(1)
+    n = 200_000
+    for oid in range(1, n + 1):
+        b.add(0, oid, 2, ref.SELL, 100, 1, 0, 0)
+    t0 = time.perf_counter()
+    for _ in range(n // 2):
+        b.match(0, ref.BUY, 100, 1, NO_BUDGET, 1, 3, 0)
+    for oid in range(n // 2 + 1, n + 1):
+        b.remove(oid)
+    assert time.perf_counter() - t0 < 10.0        # ~0.1 s; quadratic would take minutes
+    assert len(b) == 0
+    b.validate()
