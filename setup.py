@@ -43,7 +43,7 @@ class OptionalBuildExt(build_ext):
                 ext.sources = c_ext.sources     # keep setuptools' own Extension objects
             super().run()
         except Exception as exc:  # a compiler missing or failing, a Cython error
-            self._fail(f"{type(exc).__name__}: {exc}")
+            self._fail(f"{type(exc).__name__}: {str(exc)[:300]}")
 
     def build_extensions(self):
         if self.compiler.compiler_type == "msvc":
