@@ -13,8 +13,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 PURE_PYTHON = os.environ.get("EXCHANGE_PURE_PYTHON", "") not in ("", "0")
-WARNINGS = ["-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-unused-function",
-            "-Wno-missing-field-initializers"]
+WARNINGS = ["-Wall", "-Wextra"]     # the generated C compiles clean with these (gcc 12)
 
 
 def _warn(reason: str) -> None:
@@ -61,7 +60,7 @@ ext_modules = []
 if not PURE_PYTHON:
     ext_modules.append(Extension(
         "engine._cbook", ["ext/_cbook.pyx"],
-        extra_compile_args=["-O2", *WARNINGS],
+        extra_compile_args=WARNINGS,
     ))
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuildExt})
