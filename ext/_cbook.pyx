@@ -42,15 +42,26 @@ What this module must never do: write outside its arrays, keep a Python
 object per order, or differ from the reference on valid input.  Invalid input
 raises (the same exception types as the reference where it raises: KeyError,
 AssertionError, IndexError) before any state changes.  Documented differences
-on input the engine never sends: ``side`` must be 0 or 1 in ``add`` and an
+on input the engine never sends: numbers must be ``int`` (a float is a
+TypeError, never truncated); ``side`` must be 0 or 1 in ``add`` and an
 instrument index must be in range (the reference wraps negatives); a
-negative ``budget``, or ``unit < 1`` with a budget, raise ValueError.
+negative ``budget``, or ``unit < 1`` with a budget, raise ValueError.  An id
+that is not an int64 is simply not in the book (``get``/``remove`` -> None).
+
+Bounds: the structures are indexed through raw C pointers only (no
+memoryviews, no Python indexing), so Cython's boundscheck/wraparound have
+nothing to guard; every index comes from the structure itself (slots, level
+numbers, array positions < n) and ``validate()`` checks those invariants.
+The indexes that come from the caller (instrument, side) are range-checked
+before use.  A MemoryError while growing the match record buffer leaves the
+book consistent but loses that call's records (the process is out of memory).
+The book is not picklable; ``dump``/``add`` rebuild it (the engine snapshot).
 """
 cimport cython
-from libc.stdint cimport int32_t, int64_t, uint64_t, INT64_MAX, INT32_MAX
+from libc.stdint cimport int32_t, int64_t, uint64_t, INT64_MAX
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memmove
-from cpython.long cimport PyLong_AsLongLong, PyLong_AsLongLongAndOverflow, PyLong_Check
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_Check
 
 cdef extern from *:
     """
@@ -248,7 +259,7 @@ cdef class Book:
         cdef Py_ssize_t i
         if n_instruments < 0:
             n_instruments = 0       # like the reference (no books)
-        if n_instruments > 100000000:
+        if n_instruments > 1000000:
             raise ValueError("n_instruments too large")
         self.sides = <Side *>malloc(max(1, 2 * n_instruments) * sizeof(Side))
         if self.sides == NULL:
@@ -569,6 +580,8 @@ cdef class Book:
         cdef int32_t k, i
         cdef Level *lv
         cdef list out = []
+        if not PyLong_Check(levels):
+            raise TypeError(f"levels must be an int, not {type(levels).__name__}")
         if levels <= 0:
             return out
         k = sd.n if levels >= sd.n else <int32_t>levels

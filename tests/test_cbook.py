@@ -824,3 +824,12 @@ def test_long_fifo_at_one_level_stays_fast():
     assert time.perf_counter() - t0 < 10.0        # ~0.1 s; quadratic would take minutes
     assert len(b) == 0
     b.validate()
+
+
+@needs_kernel
+def test_depth_levels_must_be_an_int():
+    t = Twin(1)
+    t.add(0, 1, 2, ref.BUY, 5, 1, 0, 0)
+    t.depth(0, 2.5)            # TypeError on both
+    t.depth(0, None)           # TypeError on both
+    assert t.depth(0, True) == ([(5, 1)], [])
