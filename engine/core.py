@@ -42,6 +42,7 @@ except ImportError:  # pragma: no cover - depends on the build
 SYSTEM_OUTSIDE = 0          # the outside world: deposits come from it, withdrawals go to it
 SYSTEM_FEES = 1             # collects fees
 FIRST_USER_ACCOUNT = 2
+ACCOUNT_MAX = INT64_MAX     # account ids are BIGINTs downstream (wire, ledger)
 CLIENT_ORDER_ID_MAX = 64    # characters
 REF_MAX = 256               # characters of ref, admin, reason
 DEFAULT_MAX_OPEN_ORDERS = 1000
@@ -62,6 +63,10 @@ FLAG_POST_ONLY = 1
 
 def _flags(post_only: bool, stp: int) -> int:
     return (FLAG_POST_ONLY if post_only else 0) | (stp << 1)
+
+
+def _is_id(value) -> bool:
+    return type(value) is int and 0 <= value <= INT64_MAX
 
 
 def available_books() -> list[str]:
@@ -345,9 +350,10 @@ class Engine:
 
     # ============================================================ internals
     def _reject(self, account, client_order_id, reason, order_id=0):
-        self._ev.append(Rejected(self._seq, account if type(account) is int else 0,
+        # echo the caller's ids only when they are ids we could have issued
+        self._ev.append(Rejected(self._seq, account if _is_id(account) else 0,
                                  client_order_id if type(client_order_id) is str else "",
-                                 reason, order_id if type(order_id) is int else 0))
+                                 reason, order_id if _is_id(order_id) else 0))
 
     def _reject_amend(self, account: int, order_id: int, reason: str) -> None:
         """Reject a replace of one of the account's own open orders, naming its client id."""
@@ -406,7 +412,7 @@ class Engine:
     # ------------------------------------------------------------ orders
     def _place(self, c: PlaceOrder) -> None:
         account, cid = c.account, c.client_order_id
-        if type(account) is not int or account < FIRST_USER_ACCOUNT:
+        if type(account) is not int or not FIRST_USER_ACCOUNT <= account <= ACCOUNT_MAX:
             return self._reject(account, cid, R.INVALID_ACCOUNT)
         if type(cid) is not str or len(cid) > CLIENT_ORDER_ID_MAX:
             return self._reject(account, cid, R.INVALID_CLIENT_ORDER_ID)
@@ -667,7 +673,7 @@ class Engine:
 
     def _cancel(self, c: CancelOrder) -> None:
         account, order_id, cid = c.account, c.order_id, c.client_order_id
-        if type(account) is not int:
+        if not _is_id(account):
             return self._reject(account, cid, R.INVALID_ACCOUNT)
         if order_id is None:
             if cid is None:
@@ -699,7 +705,7 @@ class Engine:
 
     def _replace(self, c: ReplaceOrder) -> None:
         account, order_id, new_price, new_qty = c.account, c.order_id, c.price, c.qty
-        if type(account) is not int:
+        if not _is_id(account):
             return self._reject(account, "", R.INVALID_ACCOUNT)
         if type(order_id) is not int:
             return self._reject(account, "", R.UNKNOWN_ORDER)
@@ -760,7 +766,7 @@ class Engine:
     def _money_args(self, c, min_account: int):
         """Validate account/asset/amount/ref; returns (asset index, balances) or None."""
         account, amount = c.account, c.amount
-        if type(account) is not int or account < min_account:
+        if type(account) is not int or not min_account <= account <= ACCOUNT_MAX:
             self._reject(account, "", R.INVALID_ACCOUNT)
             return None
         asset = self._asset_index.get(c.asset) if type(c.asset) is str else None
