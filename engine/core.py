@@ -366,8 +366,8 @@ class Engine:
         return b
 
     def _transfer(self, asset: int, amount: int, source: int, source_locked: bool, target: int,
-                  target_locked: bool, kind: str, ref: str = "", order_id: int = 0,
-                  trade_id: int = 0) -> None:
+                  target_locked: bool, kind: str, order_id: int = 0, trade_id: int = 0,
+                  ref: str = "") -> None:
         """Move ``amount`` between two buckets and record it."""
         assert amount > 0, amount
         sb, tb = self._bal[source], self._bal[target]
@@ -488,7 +488,7 @@ class Engine:
         self._next_order_id = order_id + 1
         self._ev.append(Accepted(self._seq, order_id, account, cid, m.symbol, c.side, price,
                                  0 if quote_only else qty))
-        self._transfer(asset, reserve, account, False, account, True, "lock", order_id=order_id)
+        self._transfer(asset, reserve, account, False, account, True, "lock", order_id)
         self._register(order_id, account, cid)
         if is_stop:
             stop = _Stop()
@@ -497,6 +497,10 @@ class Engine:
             stop.quote_qty, stop.stop_price, stop.stp = quote_qty, stop_price, stp
             stop.client_order_id, stop.reserve = cid, reserve
             self._add_stop(stop)
+        elif not is_market and tif == "gtc" and not self._book.crosses(m.index, side, price):
+            # rests whole: nothing to match, no price can move
+            self._book.add(m.index, order_id, account, side, price, qty, 0, _flags(post_only, stp))
+            return
         else:
             t = _Taker()
             t.order_id, t.account, t.side, t.qty = order_id, account, side, qty
@@ -544,7 +548,7 @@ class Engine:
         assert release >= 0, (release, t.locked, keep)
         if release:
             self._transfer(m.quote if taker_buys else m.base, release, account, True, account,
-                           False, "unlock", order_id=order_id)
+                           False, "unlock", order_id)
 
     def _settle(self, m: Market, t: _Taker, records) -> bool:
         """Apply the book's records for taker ``t``: trades with their transfers
@@ -578,15 +582,15 @@ class Engine:
                                 maker_account, account, side_name, maker_fee, taker_fee,
                                 maker_left, 0 if t.quote_only else t.qty))
                 self._transfer(m.base, base_amount, seller, True, buyer, False, "trade",
-                               order_id=order_id, trade_id=trade_id)
+                               order_id, trade_id)
                 self._transfer(m.quote, notional, buyer, True, seller, False, "trade",
-                               order_id=order_id, trade_id=trade_id)
+                               order_id, trade_id)
                 if buyer_fee:
                     self._transfer(m.quote, buyer_fee, buyer, True, SYSTEM_FEES, False, "fee",
-                                   order_id=order_id if taker_buys else maker_id, trade_id=trade_id)
+                                   order_id if taker_buys else maker_id, trade_id)
                 if seller_fee:
                     self._transfer(m.quote, seller_fee, seller, False, SYSTEM_FEES, False, "fee",
-                                   order_id=maker_id if taker_buys else order_id, trade_id=trade_id)
+                                   maker_id if taker_buys else order_id, trade_id)
                 if not taker_buys:
                     # the maker buyer held the worst-case fee; release what it did not cost
                     release = (buy_reserve(price, qty + maker_left, maker_numer, unit, reserve_bps)
@@ -595,7 +599,7 @@ class Engine:
                     assert release >= 0, release
                     if release:
                         self._transfer(m.quote, release, maker_account, True, maker_account, False,
-                                       "unlock", order_id=maker_id, trade_id=trade_id)
+                                       "unlock", maker_id, trade_id)
                 if maker_left:
                     if new_maker_numer != maker_numer:
                         book.set_fee(maker_id, new_maker_numer)
@@ -637,7 +641,7 @@ class Engine:
             amount = (qty_before - qty_after) * m.base_unit
             asset = m.base
         if amount:
-            self._transfer(asset, amount, account, True, account, False, "unlock", order_id=order_id)
+            self._transfer(asset, amount, account, True, account, False, "unlock", order_id)
 
     def _run_stops(self, m: Market) -> None:
         """Trigger every stop the last trade price has reached, earliest
@@ -667,7 +671,7 @@ class Engine:
                 self._ev.append(Cancelled(self._seq, t.order_id, t.account, t.qty, R.CANCEL_FOK))
                 self._close(t.order_id, t.account)
                 self._transfer(m.quote if t.side == BUY else m.base, t.locked, t.account, True,
-                               t.account, False, "unlock", order_id=t.order_id)
+                               t.account, False, "unlock", t.order_id)
                 continue
             self._take(m, t)
 
@@ -692,7 +696,7 @@ class Engine:
             self._ev.append(Cancelled(self._seq, order_id, account, stop.qty, R.CANCEL_USER))
             self._close(order_id, account)
             self._transfer(m.quote if stop.side == BUY else m.base, stop.reserve, account, True,
-                           account, False, "unlock", order_id=order_id)
+                           account, False, "unlock", order_id)
             return
         rec = self._book.get(order_id)
         if rec is None or rec[1] != account:
@@ -742,18 +746,26 @@ class Engine:
             return
         if flags & FLAG_POST_ONLY and self._book.crosses(instrument, side, new_price):
             return self._reject_amend(account, order_id, R.POST_ONLY_WOULD_TRADE)
-        old_reserve = self._resting_reserve(m, side, price, qty, fee_numer)
-        new_reserve = self._resting_reserve(m, side, new_price, new_qty, fee_numer)
-        asset = m.quote if buys else m.base
-        extra = new_reserve - old_reserve
+        if buys:
+            unit, bps = m.notional_unit, m.reserve_bps
+            new_reserve = buy_reserve(new_price, new_qty, fee_numer, unit, bps)
+            extra = new_reserve - buy_reserve(price, qty, fee_numer, unit, bps)
+            asset = m.quote
+        else:
+            new_reserve = new_qty * m.base_unit
+            extra = new_reserve - qty * m.base_unit
+            asset = m.base
         if extra > self._bal[account][2 * asset]:
             return self._reject_amend(account, order_id, R.INSUFFICIENT_FUNDS)
         self._book.remove(order_id)
         self._ev.append(Replaced(seq, order_id, account, new_price, new_qty, False))
         if extra > 0:
-            self._transfer(asset, extra, account, False, account, True, "lock", order_id=order_id)
+            self._transfer(asset, extra, account, False, account, True, "lock", order_id)
         elif extra < 0:
-            self._transfer(asset, -extra, account, True, account, False, "unlock", order_id=order_id)
+            self._transfer(asset, -extra, account, True, account, False, "unlock", order_id)
+        if not self._book.crosses(instrument, side, new_price):
+            self._book.add(instrument, order_id, account, side, new_price, new_qty, fee_numer, flags)
+            return
         t = _Taker()
         t.order_id, t.account, t.side, t.qty, t.limit = order_id, account, side, new_qty, new_price
         t.locked, t.fee_numer, t.stp, t.flags = new_reserve, fee_numer, flags >> 1, flags
@@ -792,7 +804,7 @@ class Engine:
         asset, _ = args
         if c.amount > self._supply_room(asset):
             return self._reject(c.account, "", R.AMOUNT_OVERFLOW)
-        self._transfer(asset, c.amount, SYSTEM_OUTSIDE, False, c.account, False, "deposit", c.ref)
+        self._transfer(asset, c.amount, SYSTEM_OUTSIDE, False, c.account, False, "deposit", ref=c.ref)
 
     def _withdraw(self, c: Withdraw) -> None:
         if type(c.ref) is not str or len(c.ref) > REF_MAX:
@@ -803,7 +815,7 @@ class Engine:
         asset, b = args
         if b[2 * asset] < c.amount:
             return self._reject(c.account, "", R.INSUFFICIENT_FUNDS)
-        self._transfer(asset, c.amount, c.account, False, SYSTEM_OUTSIDE, False, "withdraw", c.ref)
+        self._transfer(asset, c.amount, c.account, False, SYSTEM_OUTSIDE, False, "withdraw", ref=c.ref)
 
     def _adjust(self, c: Adjust) -> None:
         for text in (c.admin, c.reason):
@@ -822,9 +834,9 @@ class Engine:
         self._ev.append(Adjusted(self._seq, c.account, c.asset, amount, c.admin, c.reason,
                                  before, before + amount))
         if amount > 0:
-            self._transfer(asset, amount, SYSTEM_OUTSIDE, False, c.account, False, "adjust", c.reason)
+            self._transfer(asset, amount, SYSTEM_OUTSIDE, False, c.account, False, "adjust", ref=c.reason)
         else:
-            self._transfer(asset, -amount, c.account, False, SYSTEM_OUTSIDE, False, "adjust", c.reason)
+            self._transfer(asset, -amount, c.account, False, SYSTEM_OUTSIDE, False, "adjust", ref=c.reason)
 
     # ------------------------------------------------------------ instrument control
     def _halt(self, c: Halt) -> None:

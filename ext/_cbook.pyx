@@ -29,8 +29,8 @@ Layout (no Python object per resting order):
   so this is short in practice.  Prices are never used as an index: any
   price 1..2**63-1 works.
 * index: open-addressing hash map order_id -> order slot: Robin Hood linear
-  probing (load <= 1/2, backward-shift delete, no tombstones) over a hash
-  that keeps sequential ids in sequential buckets (see ``_home``).
+  probing (load <= 1/2, backward-shift delete, no tombstones) over
+  splitmix64-mixed ids, key and slot side by side in one bucket array.
 
 ``fee_numer`` (opaque here) is kept as whole = numer // 10000 and
 frac = numer % 10000 (two integers, the same Python int comes back);
@@ -153,6 +153,11 @@ cdef struct Side:
     int32_t empty            # entries whose level has no order (never the last one)
 
 
+cdef struct Bucket:          # one entry of the id index: key and value share a cache line
+    int64_t key              # order id
+    int32_t slot             # order slot; NIL = empty bucket
+
+
 cdef struct Rec:             # one match record, turned into a tuple after the loop
     int64_t order_id
     int64_t account
@@ -246,8 +251,7 @@ cdef class Book:
     cdef Side *sides              # [instrument*2 + side]
     cdef int32_t n_instruments
 
-    cdef int64_t *hkeys           # order ids
-    cdef int32_t *hvals           # order slots; NIL = empty bucket
+    cdef Bucket *htab             # the id index (Robin Hood, open addressing)
     cdef int64_t hcap             # power of two
     cdef uint64_t hmask
     cdef int hbits                # log2(hcap)
@@ -276,12 +280,11 @@ cdef class Book:
         self.lvls_cap = 64
         self.lvls = <Level *>malloc(self.lvls_cap * sizeof(Level))
         self.hcap = 2048
-        self.hkeys = <int64_t *>malloc(self.hcap * sizeof(int64_t))
-        self.hvals = <int32_t *>malloc(self.hcap * sizeof(int32_t))
+        self.htab = <Bucket *>malloc(self.hcap * sizeof(Bucket))
         self.recs_cap = 64
         self.recs = <Rec *>malloc(self.recs_cap * sizeof(Rec))
         if (self.sides == NULL or self.orders == NULL or self.lvls == NULL
-                or self.hkeys == NULL or self.hvals == NULL or self.recs == NULL):
+                or self.htab == NULL or self.recs == NULL):
             raise MemoryError()
         self.orders_used = 0
         self.orders_free = NIL
@@ -292,7 +295,7 @@ cdef class Book:
         self.hmask = <uint64_t>(self.hcap - 1)
         self.hbits = 11
         for i in range(self.hcap):
-            self.hvals[i] = NIL
+            self.htab[i].slot = NIL
 
     def __dealloc__(self):
         cdef Py_ssize_t i
@@ -303,38 +306,38 @@ cdef class Book:
             free(self.sides)
         free(self.orders)
         free(self.lvls)
-        free(self.hkeys)
-        free(self.hvals)
+        free(self.htab)
         free(self.recs)
 
     # ============================================================ hash index
     # Robin Hood linear probing: along a run, entries sit in order of their home
     # bucket, so a miss stops as soon as it meets an entry closer to its home
     # than the probe is, and a delete shifts back only the displaced entries
-    # after the hole.  Both stay short even inside a long run of occupied
-    # buckets, which lets the hash keep sequential ids in sequential buckets.
+    # after the hole.
     cdef inline uint64_t _home(self, int64_t key) noexcept:
-        # The id's low bits plus a Fibonacci hash of its bits above the table
-        # size: consecutive ids (the engine assigns them in sequence) get
-        # consecutive buckets -- no collisions, and recent orders share cache
-        # lines -- while ids that differ only above the table size (strided,
-        # or in the top bits) are spread by the multiplicative hash.
-        cdef uint64_t k = <uint64_t>key
-        cdef uint64_t high = ((k >> self.hbits) * <uint64_t>0x9E3779B97F4A7C15ULL) >> (64 - self.hbits)
-        return (k + high) & self.hmask
+        # splitmix64's finalizer: every bit of the id moves every bit of the
+        # home, so sequential, strided and high-bit ids all spread evenly and
+        # runs stay short at load <= 1/2.  (A hash that keeps consecutive ids
+        # in consecutive buckets makes one long run of the newest orders; with
+        # Robin Hood every insert homing inside it then swaps to its end.)
+        cdef uint64_t z = <uint64_t>key
+        z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9ULL
+        z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EBULL
+        z = z ^ (z >> 31)
+        return z & self.hmask
 
     cdef inline uint64_t _dist(self, uint64_t i) noexcept:
         """How far the entry in bucket i sits from its home."""
-        return (i - self._home(self.hkeys[i])) & self.hmask
+        return (i - self._home(self.htab[i].key)) & self.hmask
 
     cdef inline int64_t _bucket(self, int64_t key) noexcept:
         """The bucket holding key, or -1."""
         cdef uint64_t i = self._home(key)
         cdef uint64_t d = 0
         while True:
-            if self.hvals[i] == NIL:
+            if self.htab[i].slot == NIL:
                 return -1
-            if self.hkeys[i] == key:
+            if self.htab[i].key == key:
                 return <int64_t>i
             if self._dist(i) < d:       # key would sit before this entry
                 return -1
@@ -343,7 +346,7 @@ cdef class Book:
 
     cdef inline int32_t _find(self, int64_t key) noexcept:
         cdef int64_t b = self._bucket(key)
-        return NIL if b < 0 else self.hvals[b]
+        return NIL if b < 0 else self.htab[b].slot
 
     cdef inline void _hinsert(self, int64_t key, int32_t slot) noexcept:
         # the caller made room (_reserve_index) and checked key is absent
@@ -351,16 +354,16 @@ cdef class Book:
         cdef uint64_t d = 0, di
         cdef int64_t k2
         cdef int32_t v2
-        while self.hvals[i] != NIL:
+        while self.htab[i].slot != NIL:
             di = self._dist(i)
             if di < d:                  # take the place of the less displaced entry
-                k2, v2 = self.hkeys[i], self.hvals[i]
-                self.hkeys[i], self.hvals[i] = key, slot
+                k2, v2 = self.htab[i].key, self.htab[i].slot
+                self.htab[i].key, self.htab[i].slot = key, slot
                 key, slot, d = k2, v2, di
             i = (i + 1) & self.hmask
             d += 1
-        self.hkeys[i] = key
-        self.hvals[i] = slot
+        self.htab[i].key = key
+        self.htab[i].slot = slot
 
     cdef void _herase(self, int64_t key) noexcept:
         """Delete key (present) and shift the displaced entries after it back."""
@@ -370,40 +373,33 @@ cdef class Book:
             cb_abort("erasing an id that is not in the index")
         i = <uint64_t>b
         j = (i + 1) & self.hmask
-        while self.hvals[j] != NIL and self._dist(j) != 0:
-            self.hkeys[i] = self.hkeys[j]
-            self.hvals[i] = self.hvals[j]
+        while self.htab[j].slot != NIL and self._dist(j) != 0:
+            self.htab[i] = self.htab[j]
             i = j
             j = (j + 1) & self.hmask
-        self.hvals[i] = NIL
+        self.htab[i].slot = NIL
 
     cdef int _reserve_index(self) except -1:
         """Room for one more id at load <= 1/2: double and rehash when needed."""
         cdef int64_t new_cap, i
-        cdef int64_t *new_keys
-        cdef int32_t *new_vals
-        cdef int64_t *old_keys = self.hkeys
-        cdef int32_t *old_vals = self.hvals
+        cdef Bucket *new_tab
+        cdef Bucket *old_tab = self.htab
         cdef int64_t old_cap = self.hcap
         if 2 * (<int64_t>self.n_orders + 1) <= self.hcap:
             return 0
         new_cap = 2 * self.hcap
-        new_keys = <int64_t *>malloc(new_cap * sizeof(int64_t))
-        new_vals = <int32_t *>malloc(new_cap * sizeof(int32_t))
-        if new_keys == NULL or new_vals == NULL:
-            free(new_keys)
-            free(new_vals)
+        new_tab = <Bucket *>malloc(new_cap * sizeof(Bucket))
+        if new_tab == NULL:
             raise MemoryError()
         for i in range(new_cap):
-            new_vals[i] = NIL
-        self.hkeys, self.hvals, self.hcap = new_keys, new_vals, new_cap
+            new_tab[i].slot = NIL
+        self.htab, self.hcap = new_tab, new_cap
         self.hmask = <uint64_t>(new_cap - 1)
         self.hbits += 1
         for i in range(old_cap):
-            if old_vals[i] != NIL:
-                self._hinsert(old_keys[i], old_vals[i])
-        free(old_keys)
-        free(old_vals)
+            if old_tab[i].slot != NIL:
+                self._hinsert(old_tab[i].key, old_tab[i].slot)
+        free(old_tab)
         return 0
 
     # ============================================================ pools
@@ -910,7 +906,7 @@ cdef class Book:
         probes of a lookup, a miss or a delete."""
         cdef int64_t i, d, worst = 0
         for i in range(self.hcap):
-            if self.hvals[i] != NIL:
+            if self.htab[i].slot != NIL:
                 d = <int64_t>self._dist(<uint64_t>i)
                 if d > worst:
                     worst = d
@@ -999,21 +995,21 @@ cdef class Book:
               and (<uint64_t>1 << self.hbits) == <uint64_t>self.hcap, "index geometry")
         seen = 0
         for i in range(self.hcap):
-            if self.hvals[i] == NIL:
+            if self.htab[i].slot == NIL:
                 continue
             seen += 1
-            slot = self.hvals[i]
+            slot = self.htab[i].slot
             check(0 <= slot < self.orders_used, "index slot out of range")
             check(self.orders[slot].level != NIL, "index points at a free slot")
-            check(self.orders[slot].order_id == self.hkeys[i], "index key != order id")
-            check(self._bucket(self.hkeys[i]) == i, "index entry not found by a lookup")
-            probe = <int64_t>self._home(self.hkeys[i])
+            check(self.orders[slot].order_id == self.htab[i].key, "index key != order id")
+            check(self._bucket(self.htab[i].key) == i, "index entry not found by a lookup")
+            probe = <int64_t>self._home(self.htab[i].key)
             while probe != i:
-                check(self.hvals[probe] != NIL, "index entry unreachable (hole in its run)")
+                check(self.htab[probe].slot != NIL, "index entry unreachable (hole in its run)")
                 probe = (probe + 1) & <int64_t>self.hmask
             # Robin Hood order: the next entry is displaced at most one more
             probe = (i + 1) & <int64_t>self.hmask
-            if self.hvals[probe] != NIL:
+            if self.htab[probe].slot != NIL:
                 check(self._dist(probe) <= self._dist(i) + 1, "index run out of Robin Hood order")
         check(seen == self.n_orders, "index size")
 
@@ -1037,7 +1033,7 @@ def memory_stats(Book book):
         "order_pool_bytes": book.orders_cap * sizeof(Order),
         "level_pool_bytes": book.lvls_cap * sizeof(Level),
         "side_array_bytes": side_bytes + max(1, 2 * book.n_instruments) * sizeof(Side),
-        "index_bytes": book.hcap * (sizeof(int64_t) + sizeof(int32_t)),
+        "index_bytes": book.hcap * sizeof(Bucket),
         "index_max_displacement": book._max_displacement(),
         "match_buffer_bytes": book.recs_cap * sizeof(Rec),
         "sizeof_order": sizeof(Order),

@@ -807,6 +807,28 @@ def test_index_displacement_stays_small(pattern):
 
 
 @needs_kernel
+def test_index_stays_short_in_the_engines_steady_state():
+    """The engine's own pattern: ids keep rising far past the table size while
+    a bounded set of orders stays live, older ones cancelled more often.  A
+    hash that kept consecutive ids in consecutive buckets reached displacement
+    ~2,000 here (every insert homing inside the newest run swapped to its end)."""
+    rnd = random.Random(9)
+    b = _cbook.Book(1)
+    live, worst = [], 0
+    for oid in range(1, 150_001):
+        b.add(0, oid, 2, oid & 1, 1000 + (oid & 1) * 100 + oid % 50, 1, 0, 0)
+        live.append(oid)
+        if len(live) > 6000:
+            i = rnd.randrange(len(live) // 2)
+            live[i], live[-1] = live[-1], live[i]
+            b.remove(live.pop())
+        if oid % 10_000 == 0:
+            worst = max(worst, _cbook.memory_stats(b)["index_max_displacement"])
+    assert worst <= 32
+    b.validate()
+
+
+@needs_kernel
 def test_long_fifo_at_one_level_stays_fast():
     """Complexity guard: 200,000 orders at one price, consumed and cancelled
     in FIFO order (consecutive ids fill consecutive buckets: a plain linear
