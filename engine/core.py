@@ -175,7 +175,8 @@ class Engine:
         self._buy_stops = [SortedList() for _ in self._markets]
         self._sell_stops = [SortedList() for _ in self._markets]
         self._open_count: dict[int, int] = {}
-        self._cid_to_order: dict[tuple[int, str], int] = {}
+        # open orders' client ids: account -> {client_order_id: order_id}, and back
+        self._cid_to_order: dict[int, dict[str, int]] = {}
         self._order_cid: dict[int, str] = {}
         self._ev: list = []
         self._handlers = {
@@ -343,9 +344,11 @@ class Engine:
                 assert b[2 * a + 1] == reserved.get((acct, a), 0), \
                     f"account {acct} {self._asset_names[a]} locked {b[2 * a + 1]} != reserved {reserved.get((acct, a), 0)}"
         assert {k: v for k, v in self._open_count.items() if v} == count, (self._open_count, count)
-        assert len(self._cid_to_order) == len(self._order_cid)
-        for (acct, cid), oid in self._cid_to_order.items():
-            assert self._order_cid.get(oid) == cid
+        assert sum(map(len, self._cid_to_order.values())) == len(self._order_cid)
+        for acct, by_cid in self._cid_to_order.items():
+            assert by_cid, f"empty client id map kept for account {acct}"
+            for cid, oid in by_cid.items():
+                assert self._order_cid.get(oid) == cid
             assert oid in self._stops or self._book.get(oid) is not None, oid
 
     # ============================================================ internals
@@ -388,7 +391,10 @@ class Engine:
     def _register(self, order_id: int, account: int, cid: str) -> None:
         self._open_count[account] = self._open_count.get(account, 0) + 1
         if cid:
-            self._cid_to_order[(account, cid)] = order_id
+            by_cid = self._cid_to_order.get(account)
+            if by_cid is None:
+                by_cid = self._cid_to_order[account] = {}
+            by_cid[cid] = order_id
             self._order_cid[order_id] = cid
 
     def _close(self, order_id: int, account: int) -> None:
@@ -397,7 +403,10 @@ class Engine:
         if self._order_cid:
             cid = self._order_cid.pop(order_id, None)
             if cid is not None:
-                del self._cid_to_order[(account, cid)]
+                by_cid = self._cid_to_order[account]
+                del by_cid[cid]
+                if not by_cid:
+                    del self._cid_to_order[account]
 
     def _add_stop(self, stop: _Stop) -> None:
         self._stops[stop.order_id] = stop
@@ -461,7 +470,7 @@ class Engine:
                 notional = m.min_notional   # a market sell without a floor: its price is not known
             if notional < m.min_notional:
                 return self._reject(account, cid, R.BELOW_MIN_NOTIONAL)
-        if cid and (account, cid) in self._cid_to_order:
+        if cid and cid in self._cid_to_order.get(account, ()):
             return self._reject(account, cid, R.DUPLICATE_CLIENT_ORDER_ID)
         may_rest = is_stop or (not is_market and tif == "gtc")
         if may_rest and self._open_count.get(account, 0) >= self.max_open_orders:
@@ -684,7 +693,7 @@ class Engine:
                 return self._reject(account, "", R.INVALID_COMBINATION)
             if type(cid) is not str:
                 return self._reject(account, "", R.INVALID_CLIENT_ORDER_ID)
-            order_id = self._cid_to_order.get((account, cid))
+            order_id = self._cid_to_order.get(account, {}).get(cid)
             if order_id is None:
                 return self._reject(account, cid, R.UNKNOWN_ORDER)
         elif type(order_id) is not int:
