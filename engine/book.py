@@ -7,7 +7,7 @@ Two per-order values are opaque to it and only stored for the engine:
 ``fee_numer`` (the order's cumulative fee numerator) and ``flags``.
 
 The Cython kernel (``ext/_cbook.pyx`` -> ``engine._cbook``) implements this
-same API with the same results; ``tests/test_book_diff.py`` holds them to it.
+same API with the same results; ``tests/test_cbook.py`` holds them to it.
 
 Matching walks the opposite side best level first and each level in time
 order.  ``match`` returns one record per thing that happened to a resting

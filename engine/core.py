@@ -42,6 +42,7 @@ except ImportError:  # pragma: no cover - depends on the build
 SYSTEM_OUTSIDE = 0          # the outside world: deposits come from it, withdrawals go to it
 SYSTEM_FEES = 1             # collects fees
 FIRST_USER_ACCOUNT = 2
+ACCOUNT_MAX = INT64_MAX     # account ids are BIGINTs downstream (wire, ledger)
 CLIENT_ORDER_ID_MAX = 64    # characters
 REF_MAX = 256               # characters of ref, admin, reason
 DEFAULT_MAX_OPEN_ORDERS = 1000
@@ -62,6 +63,10 @@ FLAG_POST_ONLY = 1
 
 def _flags(post_only: bool, stp: int) -> int:
     return (FLAG_POST_ONLY if post_only else 0) | (stp << 1)
+
+
+def _is_id(value) -> bool:
+    return type(value) is int and 0 <= value <= INT64_MAX
 
 
 def available_books() -> list[str]:
@@ -170,7 +175,8 @@ class Engine:
         self._buy_stops = [SortedList() for _ in self._markets]
         self._sell_stops = [SortedList() for _ in self._markets]
         self._open_count: dict[int, int] = {}
-        self._cid_to_order: dict[tuple[int, str], int] = {}
+        # open orders' client ids: account -> {client_order_id: order_id}, and back
+        self._cid_to_order: dict[int, dict[str, int]] = {}
         self._order_cid: dict[int, str] = {}
         self._ev: list = []
         self._handlers = {
@@ -205,6 +211,11 @@ class Engine:
     def depth(self, symbol: str, levels: int = 10):
         """(bids, asks): lists of (price_ticks, qty_lots), best first."""
         return self._book.depth(self._market_by_symbol[symbol].index, levels)
+
+    def top(self, symbol: str) -> tuple[int, int]:
+        """(best bid, best ask) in ticks; 0 for an empty side."""
+        i = self._market_by_symbol[symbol].index
+        return self._book.best_bid(i), self._book.best_ask(i)
 
     def last_price(self, symbol: str) -> int:
         """Price (ticks) of the last trade, 0 before the first."""
@@ -333,16 +344,23 @@ class Engine:
                 assert b[2 * a + 1] == reserved.get((acct, a), 0), \
                     f"account {acct} {self._asset_names[a]} locked {b[2 * a + 1]} != reserved {reserved.get((acct, a), 0)}"
         assert {k: v for k, v in self._open_count.items() if v} == count, (self._open_count, count)
-        assert len(self._cid_to_order) == len(self._order_cid)
-        for (acct, cid), oid in self._cid_to_order.items():
-            assert self._order_cid.get(oid) == cid
+        assert sum(map(len, self._cid_to_order.values())) == len(self._order_cid)
+        for acct, by_cid in self._cid_to_order.items():
+            assert by_cid, f"empty client id map kept for account {acct}"
+            for cid, oid in by_cid.items():
+                assert self._order_cid.get(oid) == cid
             assert oid in self._stops or self._book.get(oid) is not None, oid
 
     # ============================================================ internals
     def _reject(self, account, client_order_id, reason, order_id=0):
-        self._ev.append(Rejected(self._seq, account if type(account) is int else 0,
+        # echo the caller's ids only when they are ids we could have issued
+        self._ev.append(Rejected(self._seq, account if _is_id(account) else 0,
                                  client_order_id if type(client_order_id) is str else "",
-                                 reason, order_id if type(order_id) is int else 0))
+                                 reason, order_id if _is_id(order_id) else 0))
+
+    def _reject_amend(self, account: int, order_id: int, reason: str) -> None:
+        """Reject a replace of one of the account's own open orders, naming its client id."""
+        self._reject(account, self._order_cid.get(order_id, ""), reason, order_id)
 
     def _balances(self, account: int) -> list[int]:
         b = self._bal.get(account)
@@ -351,8 +369,8 @@ class Engine:
         return b
 
     def _transfer(self, asset: int, amount: int, source: int, source_locked: bool, target: int,
-                  target_locked: bool, kind: str, ref: str = "", order_id: int = 0,
-                  trade_id: int = 0) -> None:
+                  target_locked: bool, kind: str, order_id: int = 0, trade_id: int = 0,
+                  ref: str = "") -> None:
         """Move ``amount`` between two buckets and record it."""
         assert amount > 0, amount
         sb, tb = self._bal[source], self._bal[target]
@@ -373,7 +391,10 @@ class Engine:
     def _register(self, order_id: int, account: int, cid: str) -> None:
         self._open_count[account] = self._open_count.get(account, 0) + 1
         if cid:
-            self._cid_to_order[(account, cid)] = order_id
+            by_cid = self._cid_to_order.get(account)
+            if by_cid is None:
+                by_cid = self._cid_to_order[account] = {}
+            by_cid[cid] = order_id
             self._order_cid[order_id] = cid
 
     def _close(self, order_id: int, account: int) -> None:
@@ -382,7 +403,10 @@ class Engine:
         if self._order_cid:
             cid = self._order_cid.pop(order_id, None)
             if cid is not None:
-                del self._cid_to_order[(account, cid)]
+                by_cid = self._cid_to_order[account]
+                del by_cid[cid]
+                if not by_cid:
+                    del self._cid_to_order[account]
 
     def _add_stop(self, stop: _Stop) -> None:
         self._stops[stop.order_id] = stop
@@ -397,7 +421,7 @@ class Engine:
     # ------------------------------------------------------------ orders
     def _place(self, c: PlaceOrder) -> None:
         account, cid = c.account, c.client_order_id
-        if type(account) is not int or account < FIRST_USER_ACCOUNT:
+        if type(account) is not int or not FIRST_USER_ACCOUNT <= account <= ACCOUNT_MAX:
             return self._reject(account, cid, R.INVALID_ACCOUNT)
         if type(cid) is not str or len(cid) > CLIENT_ORDER_ID_MAX:
             return self._reject(account, cid, R.INVALID_CLIENT_ORDER_ID)
@@ -446,7 +470,7 @@ class Engine:
                 notional = m.min_notional   # a market sell without a floor: its price is not known
             if notional < m.min_notional:
                 return self._reject(account, cid, R.BELOW_MIN_NOTIONAL)
-        if cid and (account, cid) in self._cid_to_order:
+        if cid and cid in self._cid_to_order.get(account, ()):
             return self._reject(account, cid, R.DUPLICATE_CLIENT_ORDER_ID)
         may_rest = is_stop or (not is_market and tif == "gtc")
         if may_rest and self._open_count.get(account, 0) >= self.max_open_orders:
@@ -473,7 +497,7 @@ class Engine:
         self._next_order_id = order_id + 1
         self._ev.append(Accepted(self._seq, order_id, account, cid, m.symbol, c.side, price,
                                  0 if quote_only else qty))
-        self._transfer(asset, reserve, account, False, account, True, "lock", order_id=order_id)
+        self._transfer(asset, reserve, account, False, account, True, "lock", order_id)
         self._register(order_id, account, cid)
         if is_stop:
             stop = _Stop()
@@ -482,13 +506,18 @@ class Engine:
             stop.quote_qty, stop.stop_price, stop.stp = quote_qty, stop_price, stp
             stop.client_order_id, stop.reserve = cid, reserve
             self._add_stop(stop)
+        elif not is_market and tif == "gtc" and not self._book.crosses(m.index, side, price):
+            # rests whole: nothing to match, no price can move
+            self._book.add(m.index, order_id, account, side, price, qty, 0, _flags(post_only, stp))
+            return
         else:
             t = _Taker()
             t.order_id, t.account, t.side, t.qty = order_id, account, side, qty
             t.locked, t.fee_numer, t.stp, t.flags = reserve, 0, stp, _flags(post_only, stp)
             self._set_limits(t, m, is_market, tif, price, quote_qty)
             self._take(m, t)
-        self._run_stops(m)
+        if self._stops:
+            self._run_stops(m)
 
     def _set_limits(self, t: _Taker, m: Market, is_market: bool, tif: str, price, quote_qty):
         t.market_order = is_market
@@ -505,14 +534,40 @@ class Engine:
     def _take(self, m: Market, t: _Taker) -> None:
         """Match ``t`` against the book, settle every fill, then rest or end it.
         The caller runs ``_run_stops`` afterwards: fills may have moved the price."""
+        book = self._book
+        records = book.match(m.index, t.side, t.limit, t.qty, t.budget, m.notional_unit,
+                             t.account, t.stp)
+        if not records and t.can_rest:
+            # nothing crossed: it rests whole, holding exactly the reserve it was given
+            book.add(m.index, t.order_id, t.account, t.side, t.limit, t.qty, t.fee_numer, t.flags)
+            return
+        stp_ended = self._settle(m, t, records) if records else False
+        seq, account, order_id, taker_buys = self._seq, t.account, t.order_id, t.side == BUY
+        # the rest of the order: rest it, or end it and release everything
+        if t.qty and t.can_rest and not stp_ended:
+            book.add(m.index, order_id, account, t.side, t.limit, t.qty, t.fee_numer, t.flags)
+            keep = self._resting_reserve(m, t.side, t.limit, t.qty, t.fee_numer)
+        else:
+            if t.qty and (stp_ended or not t.quote_only or t.locked):
+                self._ev.append(Cancelled(seq, order_id, account, 0 if t.quote_only else t.qty,
+                                          R.CANCEL_STP if stp_ended else R.CANCEL_IOC))
+            self._close(order_id, account)
+            keep = 0
+        release = t.locked - keep
+        assert release >= 0, (release, t.locked, keep)
+        if release:
+            self._transfer(m.quote if taker_buys else m.base, release, account, True, account,
+                           False, "unlock", order_id)
+
+    def _settle(self, m: Market, t: _Taker, records) -> bool:
+        """Apply the book's records for taker ``t``: trades with their transfers
+        and fees, and self-trade prevention.  Returns True when STP ended ``t``."""
         seq, ev, book = self._seq, self._ev, self._book
         unit, base_unit = m.notional_unit, m.base_unit
         maker_bps, taker_bps, reserve_bps = m.maker_bps, m.taker_bps, m.reserve_bps
-        side = t.side
-        taker_buys = side == BUY
-        side_name = _SIDE_NAMES[side]
+        taker_buys = t.side == BUY
+        side_name = _SIDE_NAMES[t.side]
         account, order_id = t.account, t.order_id
-        records = book.match(m.index, side, t.limit, t.qty, t.budget, unit, account, t.stp)
         stp_ended = False
         for kind, maker_id, maker_account, price, qty, maker_left, maker_numer, maker_flags in records:
             if kind == FILL:
@@ -536,15 +591,15 @@ class Engine:
                                 maker_account, account, side_name, maker_fee, taker_fee,
                                 maker_left, 0 if t.quote_only else t.qty))
                 self._transfer(m.base, base_amount, seller, True, buyer, False, "trade",
-                               order_id=order_id, trade_id=trade_id)
+                               order_id, trade_id)
                 self._transfer(m.quote, notional, buyer, True, seller, False, "trade",
-                               order_id=order_id, trade_id=trade_id)
+                               order_id, trade_id)
                 if buyer_fee:
                     self._transfer(m.quote, buyer_fee, buyer, True, SYSTEM_FEES, False, "fee",
-                                   order_id=order_id if taker_buys else maker_id, trade_id=trade_id)
+                                   order_id if taker_buys else maker_id, trade_id)
                 if seller_fee:
                     self._transfer(m.quote, seller_fee, seller, False, SYSTEM_FEES, False, "fee",
-                                   order_id=maker_id if taker_buys else order_id, trade_id=trade_id)
+                                   maker_id if taker_buys else order_id, trade_id)
                 if not taker_buys:
                     # the maker buyer held the worst-case fee; release what it did not cost
                     release = (buy_reserve(price, qty + maker_left, maker_numer, unit, reserve_bps)
@@ -553,7 +608,7 @@ class Engine:
                     assert release >= 0, release
                     if release:
                         self._transfer(m.quote, release, maker_account, True, maker_account, False,
-                                       "unlock", order_id=maker_id, trade_id=trade_id)
+                                       "unlock", maker_id, trade_id)
                 if maker_left:
                     if new_maker_numer != maker_numer:
                         book.set_fee(maker_id, new_maker_numer)
@@ -582,21 +637,7 @@ class Engine:
             else:
                 assert kind == TAKER_CANCELLED, kind
                 stp_ended = True
-        # the rest of the order: rest it, or end it and release everything
-        if t.qty and t.can_rest and not stp_ended:
-            book.add(m.index, order_id, account, side, t.limit, t.qty, t.fee_numer, t.flags)
-            keep = self._resting_reserve(m, side, t.limit, t.qty, t.fee_numer)
-        else:
-            if t.qty and (stp_ended or not t.quote_only or t.locked):
-                ev.append(Cancelled(seq, order_id, account, 0 if t.quote_only else t.qty,
-                                    R.CANCEL_STP if stp_ended else R.CANCEL_IOC))
-            self._close(order_id, account)
-            keep = 0
-        release = t.locked - keep
-        assert release >= 0, (release, t.locked, keep)
-        if release:
-            self._transfer(m.quote if taker_buys else m.base, release, account, True, account,
-                           False, "unlock", order_id=order_id)
+        return stp_ended
 
     def _release_resting(self, m: Market, order_id: int, account: int, buys: bool, price: int,
                          qty_before: int, fee_numer: int, qty_after: int) -> None:
@@ -609,7 +650,7 @@ class Engine:
             amount = (qty_before - qty_after) * m.base_unit
             asset = m.base
         if amount:
-            self._transfer(asset, amount, account, True, account, False, "unlock", order_id=order_id)
+            self._transfer(asset, amount, account, True, account, False, "unlock", order_id)
 
     def _run_stops(self, m: Market) -> None:
         """Trigger every stop the last trade price has reached, earliest
@@ -639,20 +680,20 @@ class Engine:
                 self._ev.append(Cancelled(self._seq, t.order_id, t.account, t.qty, R.CANCEL_FOK))
                 self._close(t.order_id, t.account)
                 self._transfer(m.quote if t.side == BUY else m.base, t.locked, t.account, True,
-                               t.account, False, "unlock", order_id=t.order_id)
+                               t.account, False, "unlock", t.order_id)
                 continue
             self._take(m, t)
 
     def _cancel(self, c: CancelOrder) -> None:
         account, order_id, cid = c.account, c.order_id, c.client_order_id
-        if type(account) is not int:
+        if not _is_id(account):
             return self._reject(account, cid, R.INVALID_ACCOUNT)
         if order_id is None:
             if cid is None:
                 return self._reject(account, "", R.INVALID_COMBINATION)
             if type(cid) is not str:
                 return self._reject(account, "", R.INVALID_CLIENT_ORDER_ID)
-            order_id = self._cid_to_order.get((account, cid))
+            order_id = self._cid_to_order.get(account, {}).get(cid)
             if order_id is None:
                 return self._reject(account, cid, R.UNKNOWN_ORDER)
         elif type(order_id) is not int:
@@ -664,7 +705,7 @@ class Engine:
             self._ev.append(Cancelled(self._seq, order_id, account, stop.qty, R.CANCEL_USER))
             self._close(order_id, account)
             self._transfer(m.quote if stop.side == BUY else m.base, stop.reserve, account, True,
-                           account, False, "unlock", order_id=order_id)
+                           account, False, "unlock", order_id)
             return
         rec = self._book.get(order_id)
         if rec is None or rec[1] != account:
@@ -677,33 +718,33 @@ class Engine:
 
     def _replace(self, c: ReplaceOrder) -> None:
         account, order_id, new_price, new_qty = c.account, c.order_id, c.price, c.qty
-        if type(account) is not int:
+        if not _is_id(account):
             return self._reject(account, "", R.INVALID_ACCOUNT)
         if type(order_id) is not int:
             return self._reject(account, "", R.UNKNOWN_ORDER)
-        stop = self._stops.get(order_id)
-        if stop is not None and stop.account == account:
-            return self._reject(account, "", R.ORDER_NOT_REPLACEABLE, order_id)
+        if self._stops:
+            stop = self._stops.get(order_id)
+            if stop is not None and stop.account == account:
+                return self._reject_amend(account, order_id, R.ORDER_NOT_REPLACEABLE)
         rec = self._book.get(order_id)
         if rec is None or rec[1] != account:
             return self._reject(account, "", R.UNKNOWN_ORDER, order_id)
         instrument, _, side, price, qty, fee_numer, flags = rec
         m = self._markets[instrument]
-        cid = self._order_cid.get(order_id, "") if self._order_cid else ""
         if m.halted:
-            return self._reject(account, cid, R.HALTED, order_id)
-        if new_price is None and new_qty is None:
-            return self._reject(account, cid, R.INVALID_COMBINATION, order_id)
+            return self._reject_amend(account, order_id, R.HALTED)
         if new_price is None:
+            if new_qty is None:
+                return self._reject_amend(account, order_id, R.INVALID_COMBINATION)
             new_price = price
         elif type(new_price) is not int or not 1 <= new_price <= m.max_price:
-            return self._reject(account, cid, R.PRICE_OUT_OF_RANGE, order_id)
+            return self._reject_amend(account, order_id, R.PRICE_OUT_OF_RANGE)
         if new_qty is None:
             new_qty = qty
         elif type(new_qty) is not int or not m.min_qty <= new_qty <= m.max_qty:
-            return self._reject(account, cid, R.QTY_OUT_OF_RANGE, order_id)
+            return self._reject_amend(account, order_id, R.QTY_OUT_OF_RANGE)
         if m.min_notional and new_price * new_qty * m.notional_unit < m.min_notional:
-            return self._reject(account, cid, R.BELOW_MIN_NOTIONAL, order_id)
+            return self._reject_amend(account, order_id, R.BELOW_MIN_NOTIONAL)
         seq, buys = self._seq, side == BUY
         if new_price == price and new_qty <= qty:
             # smaller (or equal) at the same price: keeps its place in the queue
@@ -713,31 +754,40 @@ class Engine:
             self._release_resting(m, order_id, account, buys, price, qty, fee_numer, new_qty)
             return
         if flags & FLAG_POST_ONLY and self._book.crosses(instrument, side, new_price):
-            return self._reject(account, cid, R.POST_ONLY_WOULD_TRADE, order_id)
-        old_reserve = self._resting_reserve(m, side, price, qty, fee_numer)
-        new_reserve = self._resting_reserve(m, side, new_price, new_qty, fee_numer)
-        asset = m.quote if buys else m.base
-        extra = new_reserve - old_reserve
+            return self._reject_amend(account, order_id, R.POST_ONLY_WOULD_TRADE)
+        if buys:
+            unit, bps = m.notional_unit, m.reserve_bps
+            new_reserve = buy_reserve(new_price, new_qty, fee_numer, unit, bps)
+            extra = new_reserve - buy_reserve(price, qty, fee_numer, unit, bps)
+            asset = m.quote
+        else:
+            new_reserve = new_qty * m.base_unit
+            extra = new_reserve - qty * m.base_unit
+            asset = m.base
         if extra > self._bal[account][2 * asset]:
-            return self._reject(account, cid, R.INSUFFICIENT_FUNDS, order_id)
+            return self._reject_amend(account, order_id, R.INSUFFICIENT_FUNDS)
         self._book.remove(order_id)
         self._ev.append(Replaced(seq, order_id, account, new_price, new_qty, False))
         if extra > 0:
-            self._transfer(asset, extra, account, False, account, True, "lock", order_id=order_id)
+            self._transfer(asset, extra, account, False, account, True, "lock", order_id)
         elif extra < 0:
-            self._transfer(asset, -extra, account, True, account, False, "unlock", order_id=order_id)
+            self._transfer(asset, -extra, account, True, account, False, "unlock", order_id)
+        if not self._book.crosses(instrument, side, new_price):
+            self._book.add(instrument, order_id, account, side, new_price, new_qty, fee_numer, flags)
+            return
         t = _Taker()
         t.order_id, t.account, t.side, t.qty, t.limit = order_id, account, side, new_qty, new_price
         t.locked, t.fee_numer, t.stp, t.flags = new_reserve, fee_numer, flags >> 1, flags
         t.quote_only, t.budget, t.can_rest, t.market_order = False, NO_BUDGET, True, False
         self._take(m, t)
-        self._run_stops(m)
+        if self._stops:
+            self._run_stops(m)
 
     # ------------------------------------------------------------ money in and out
     def _money_args(self, c, min_account: int):
         """Validate account/asset/amount/ref; returns (asset index, balances) or None."""
         account, amount = c.account, c.amount
-        if type(account) is not int or account < min_account:
+        if type(account) is not int or not min_account <= account <= ACCOUNT_MAX:
             self._reject(account, "", R.INVALID_ACCOUNT)
             return None
         asset = self._asset_index.get(c.asset) if type(c.asset) is str else None
@@ -763,7 +813,7 @@ class Engine:
         asset, _ = args
         if c.amount > self._supply_room(asset):
             return self._reject(c.account, "", R.AMOUNT_OVERFLOW)
-        self._transfer(asset, c.amount, SYSTEM_OUTSIDE, False, c.account, False, "deposit", c.ref)
+        self._transfer(asset, c.amount, SYSTEM_OUTSIDE, False, c.account, False, "deposit", ref=c.ref)
 
     def _withdraw(self, c: Withdraw) -> None:
         if type(c.ref) is not str or len(c.ref) > REF_MAX:
@@ -774,7 +824,7 @@ class Engine:
         asset, b = args
         if b[2 * asset] < c.amount:
             return self._reject(c.account, "", R.INSUFFICIENT_FUNDS)
-        self._transfer(asset, c.amount, c.account, False, SYSTEM_OUTSIDE, False, "withdraw", c.ref)
+        self._transfer(asset, c.amount, c.account, False, SYSTEM_OUTSIDE, False, "withdraw", ref=c.ref)
 
     def _adjust(self, c: Adjust) -> None:
         for text in (c.admin, c.reason):
@@ -793,9 +843,9 @@ class Engine:
         self._ev.append(Adjusted(self._seq, c.account, c.asset, amount, c.admin, c.reason,
                                  before, before + amount))
         if amount > 0:
-            self._transfer(asset, amount, SYSTEM_OUTSIDE, False, c.account, False, "adjust", c.reason)
+            self._transfer(asset, amount, SYSTEM_OUTSIDE, False, c.account, False, "adjust", ref=c.reason)
         else:
-            self._transfer(asset, -amount, c.account, False, SYSTEM_OUTSIDE, False, "adjust", c.reason)
+            self._transfer(asset, -amount, c.account, False, SYSTEM_OUTSIDE, False, "adjust", ref=c.reason)
 
     # ------------------------------------------------------------ instrument control
     def _halt(self, c: Halt) -> None:

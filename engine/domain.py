@@ -184,7 +184,9 @@ def buy_reserve(price: int, qty: int, fee_numer: int, unit: int, reserve_bps: in
     """Quote minor units a buy order must hold for ``qty`` more lots at ``price``:
     the notional plus the worst-case rise of its cumulative fee."""
     notional = price * qty * unit
-    return notional + fee_charged(fee_numer + notional * reserve_bps) - fee_charged(fee_numer)
+    # notional + fee_charged(fee_numer + notional * reserve_bps) - fee_charged(fee_numer),
+    # written out: this runs on every buy placed or moved
+    return notional - (-(fee_numer + notional * reserve_bps) // BPS) + (-fee_numer // BPS)
 
 
 def budget_notional(budget: int, taker_bps: int) -> int:

@@ -1,0 +1,214 @@
+"""Benchmark of ``Engine.submit`` and of the raw book operations under it.
+
+    python benchmarks/bench_engine.py [--mix exchange_core insert_heavy] [-n 300000]
+                                      [--books python cython] [--seed 1] [--repeat 3]
+
+Two tables per run.  Engine: commands/s and per-command latency percentiles
+of the whole ``Engine.submit``.  Book: the exact sequence of book calls
+(add, remove, get, match, crosses, reduce, set_fee, can_fill) the engine made
+on the same flow, recorded once and replayed on a fresh book of each
+implementation; calls/s is the best of ``--repeat`` replays.
+
+For each mix the seeded flow (benchmarks/flow.py) is generated once; each
+book then replays the setup commands (deposits, prefill) untimed and the flow
+commands timed.  Throughput is the best of ``--repeat`` untimed-per-command
+runs (wall time of the whole loop); latency percentiles come from a separate
+run that reads the clock around every command (perf_counter_ns; that run is
+slower by the clock reads).  All books run in the same process, one after the
+other, so compare the ratios rather than absolute numbers on a shared machine.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.flow import generate, market_config  # noqa: E402
+from engine import Engine, available_books  # noqa: E402
+from engine.messages import Deposit  # noqa: E402
+
+
+def split_setup(cmds, prefill):
+    """(setup, flow): the deposits and prefill orders, then the measured flow."""
+    n_dep = sum(1 for c in cmds if type(c) is Deposit and c.ref == "")
+    cut = n_dep + prefill
+    return cmds[:cut], cmds[cut:]
+
+
+def fresh_engine(book, setup):
+    assets, instruments = market_config()
+    eng = Engine(assets, instruments, book=book, max_open_orders=100_000)
+    for c in setup:
+        eng.submit(c)
+    return eng
+
+
+def throughput(book, setup, flow, repeat):
+    best = None
+    events = 0
+    for _ in range(repeat):
+        eng = fresh_engine(book, setup)
+        submit = eng.submit
+        gc.collect()
+        gc.disable()
+        t0 = time.perf_counter()
+        n_events = 0
+        for c in flow:
+            n_events += len(submit(c))
+        dt = time.perf_counter() - t0
+        gc.enable()
+        if best is None or dt < best:
+            best, events = dt, n_events
+    return len(flow) / best, events / best
+
+
+def latencies(book, setup, flow):
+    eng = fresh_engine(book, setup)
+    submit = eng.submit
+    clock = time.perf_counter_ns
+    out = np.empty(len(flow), dtype=np.int64)
+    gc.collect()
+    gc.disable()
+    for i, c in enumerate(flow):
+        t0 = clock()
+        submit(c)
+        out[i] = clock() - t0
+    gc.enable()
+    return np.percentile(out, [50, 99, 99.9]) / 1000.0     # microseconds
+
+
+BOOK_CALLS = ("add", "remove", "get", "match", "crosses", "reduce", "set_fee", "can_fill",
+              "best_bid", "best_ask")
+
+
+class _Recorder:
+    """Wraps a book and records every call the engine makes on it."""
+
+    def __init__(self, book):
+        self._book = book
+        self.calls: list[tuple[str, tuple]] = []
+        for name in BOOK_CALLS:
+            setattr(self, name, self._recording(name))
+
+    def _recording(self, name):
+        method, calls = getattr(self._book, name), self.calls
+
+        def call(*args):
+            calls.append((name, args))
+            return method(*args)
+        return call
+
+    def __getattr__(self, name):
+        return getattr(self._book, name)
+
+
+def record_book_calls(setup, flow):
+    """(calls, start): every book call of the setup and the flow; flow calls from ``start``."""
+    assets, instruments = market_config()
+    eng = Engine(assets, instruments, book="python", max_open_orders=100_000)
+    rec = eng._book = _Recorder(eng._book)
+    for c in setup:
+        eng.submit(c)
+    start = len(rec.calls)
+    for c in flow:
+        eng.submit(c)
+    return rec.calls, start
+
+
+class _NullBook:
+    """Same calls, no work: measures the replay loop itself (the harness)."""
+
+    def __init__(self, n_instruments):
+        pass
+
+
+def _noop(*args):
+    return None
+
+
+for _name in BOOK_CALLS:
+    setattr(_NullBook, _name, staticmethod(_noop))
+
+
+def replay_book(book, calls, start, repeat):
+    """calls/s replaying the recorded flow calls on fresh books (state rebuilt untimed).
+    ``book="null"`` replays on a book that does nothing: the harness cost."""
+    from engine.core import _book_class
+    cls = _NullBook if book == "null" else _book_class(book)
+    best = None
+    for _ in range(repeat):
+        b = cls(1)
+        for name, args in calls[:start]:
+            getattr(b, name)(*args)
+        bound = {name: getattr(b, name) for name in BOOK_CALLS}
+        ops = [(bound[name], args) for name, args in calls[start:]]
+        gc.collect()
+        gc.disable()
+        t0 = time.perf_counter()
+        for f, args in ops:
+            f(*args)
+        dt = time.perf_counter() - t0
+        gc.enable()
+        best = dt if best is None or dt < best else best
+    return (len(calls) - start) / best
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Engine.submit throughput and latency")
+    ap.add_argument("--mix", nargs="+", default=["exchange_core", "insert_heavy"])
+    ap.add_argument("-n", type=int, default=300_000, help="flow commands per mix")
+    ap.add_argument("--books", nargs="+", default=available_books())
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--prefill", type=int, default=2000)
+    args = ap.parse_args(argv)
+
+    print(f"# Engine.submit, {args.n:,} flow commands per mix, seed {args.seed}, "
+          f"best of {args.repeat}; python {sys.version.split()[0]}")
+    print(f"{'mix':14s} {'book':7s} {'commands/s':>12s} {'events/s':>12s} "
+          f"{'p50 us':>8s} {'p99 us':>8s} {'p99.9 us':>9s}")
+    book_rows = []
+    for mix in args.mix:
+        cmds = generate(mix, args.n, seed=args.seed, prefill=args.prefill)
+        setup, flow = split_setup(cmds, args.prefill)
+        rates = {}
+        for book in args.books:
+            cps, eps = throughput(book, setup, flow, args.repeat)
+            p50, p99, p999 = latencies(book, setup, flow)
+            rates[book] = cps
+            print(f"{mix:14s} {book:7s} {cps:12,.0f} {eps:12,.0f} {p50:8.2f} {p99:8.2f} {p999:9.2f}")
+        if "python" in rates and "cython" in rates:
+            print(f"{mix:14s} cython/python = {rates['cython'] / rates['python']:.2f}x")
+        calls, start = record_book_calls(setup, flow)
+        counts: dict[str, int] = {}
+        for name, _ in calls[start:]:
+            counts[name] = counts.get(name, 0) + 1
+        book_rows.append((mix, len(calls) - start, counts,
+                          {book: replay_book(book, calls, start, args.repeat)
+                           for book in ["null", *args.books]}))
+    print()
+    print("# raw book operations: the engine's own book calls on the same flow, replayed")
+    print("# net ns/call = replay time minus the same replay on a do-nothing book (the loop, the")
+    print("# call and the argument tuples), per call; 'x' columns are python/cython ratios")
+    both = {"python", "cython"} <= set(args.books)
+    print(f"{'mix':14s} {'calls':>9s} " + " ".join(f"{b + ' calls/s':>16s}" for b in args.books)
+          + f" {'harness ns':>10s} " + " ".join(f"{b + ' net ns':>12s}" for b in args.books)
+          + ("   gross x    net x" if both else ""))
+    for mix, n_calls, counts, per_book in book_rows:
+        harness = 1e9 / per_book["null"]
+        net = {b: 1e9 / per_book[b] - harness for b in args.books}
+        ratio = (f"   {per_book['cython'] / per_book['python']:6.2f}x {net['python'] / net['cython']:7.2f}x"
+                 if both else "")
+        print(f"{mix:14s} {n_calls:9,d} " + " ".join(f"{per_book[b]:16,.0f}" for b in args.books)
+              + f" {harness:10.0f} " + " ".join(f"{net[b]:12.0f}" for b in args.books) + ratio)
+        print(f"{'':14s} " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Exact-integer domain: conversions, and configurations refused at load."""
+from decimal import Decimal
+
+import pytest
+
+from engine import Asset, Engine, Instrument
+from engine.domain import INT64_MAX, budget_notional, buy_reserve, fee_charged
+
+
+def test_asset_converts_exactly_and_refuses_sub_minor_amounts():
+    usdt = Asset("USDT", 6)
+    assert usdt.to_minor("12.345678") == 12_345_678
+    assert usdt.from_minor(12_345_678) == Decimal("12.345678")
+    with pytest.raises(ValueError):
+        usdt.to_minor("0.0000001")
+    with pytest.raises(TypeError):
+        usdt.to_minor(0.1)                    # floats are refused, not rounded
+
+
+def test_instrument_ticks_and_lots():
+    ins = Instrument("BTC-USDT", "BTC", "USDT", "0.01", "0.0001")
+    assert ins.price_to_ticks("30000.25") == 3_000_025
+    assert ins.ticks_to_price(3_000_025) == Decimal("30000.25")
+    assert ins.qty_to_lots("1.5") == 15_000
+    assert ins.lots_to_qty(15_000) == Decimal("1.5")
+    with pytest.raises(ValueError):
+        ins.price_to_ticks("30000.255")       # not a whole tick
+    with pytest.raises(ValueError):
+        ins.qty_to_lots("0.00005")
+
+
+def test_notional_unit_and_default_limits_fit_int64():
+    eng = Engine([Asset("BTC", 8), Asset("USDT", 6)],
+                 [Instrument("BTC-USDT", "BTC", "USDT", "0.01", "0.0001", taker_fee_bps=30)])
+    m = eng.market("BTC-USDT")
+    assert (m.notional_unit, m.base_unit) == (1, 10_000)
+    assert m.max_price == 2**31 - 1
+    notional = m.max_price * m.max_qty * m.notional_unit
+    assert notional + fee_charged(notional * m.reserve_bps) <= INT64_MAX
+    assert m.max_qty * m.base_unit <= INT64_MAX
+
+
+@pytest.mark.parametrize("assets,ins", [
+    # tick * lot is a fraction of a USD cent
+    ([Asset("BTC", 8), Asset("USD", 2)], Instrument("BTC-USD", "BTC", "USD", "0.01", "0.0001")),
+    # a lot smaller than the base asset's minor unit
+    ([Asset("BTC", 2), Asset("USD", 2)], Instrument("BTC-USD", "BTC", "USD", "1", "0.001")),
+    # unknown asset
+    ([Asset("BTC", 8)], Instrument("BTC-USD", "BTC", "USD", "1", "1")),
+    # an explicit max that could overflow int64
+    ([Asset("BTC", 0), Asset("USD", 0)], Instrument("BTC-USD", "BTC", "USD", "1", "1",
+                                                    max_price=2**40, max_qty=2**40)),
+])
+def test_configurations_that_cannot_be_exact_are_refused_at_load(assets, ins):
+    with pytest.raises(ValueError):
+        Engine(assets, [ins])
+
+
+@pytest.mark.parametrize("kw", [dict(price_tick="0"), dict(qty_lot="-1"), dict(maker_fee_bps=-1),
+                                dict(taker_fee_bps=10_001), dict(min_qty=0), dict(max_qty=0),
+                                dict(price_tick="abc")])
+def test_bad_instrument_fields_are_refused(kw):
+    args = dict(symbol="A-B", base="A", quote="B", price_tick="1", qty_lot="1")
+    args.update(kw)
+    with pytest.raises(ValueError):
+        Instrument(**args)
+
+
+def test_fee_and_reserve_arithmetic():
+    assert fee_charged(0) == 0 and fee_charged(1) == 1 and fee_charged(10_000) == 1
+    assert fee_charged(10_001) == 2
+    # the reserve covers notional plus the rise of the cumulative fee
+    assert buy_reserve(100, 10, 0, 1, 20) == 1000 + 2
+    assert buy_reserve(100, 6, 400 * 20, 1, 20) == 600 + 1
+    for budget in range(0, 5000, 7):
+        n = budget_notional(budget, 20)
+        assert n + fee_charged(n * 20) <= budget < (n + 1) + fee_charged((n + 1) * 20)

@@ -1,0 +1,164 @@
+"""Property tests: random command streams of every kind, invariants after every command.
+
+After each command (``check``): per asset all balances of all accounts sum to
+zero (account 0 included); each account's locked equals what its open orders
+reserve; nothing but account 0 is negative; no book is crossed
+(``Engine.validate``); and every trade obeys price-time priority: the resting
+orders one incoming order meets are exactly the front of the opposite side's
+queue as it stood before the command, each trade at the resting order's price
+and within the incoming order's limit.
+"""
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from conftest import ASSETS, BOOKS, SYMBOL, instrument, of
+from engine import Engine
+from engine.messages import (Accepted, Adjust, CancelOrder, Cancelled, Deposit, Halt, PlaceOrder, Replaced,
+                             ReplaceOrder, Resume, Trade, Triggered, Withdraw)
+
+ACCOUNTS = (2, 3, 4, 5)
+SIDES = ("buy", "sell")
+STPS = ("cancel_newest", "cancel_oldest", "cancel_both", "decrement")
+
+
+def opposite_queue(eng, side):
+    """Resting order ids of the side a ``side`` order trades against, in priority order,
+    with their prices."""
+    want = 1 if side == "buy" else 0
+    return [(oid, price) for oid, _acct, s, price, *_ in eng._book.dump(0) if s == want]
+
+
+def check(eng, cmd):
+    """Submit ``cmd``, then assert every invariant; returns the events."""
+    taker_side = limit = None
+    if type(cmd) is PlaceOrder and cmd.type in ("limit", "market") and cmd.side in SIDES:
+        taker_side, limit = cmd.side, cmd.price
+    elif type(cmd) is ReplaceOrder:
+        o = eng.order(cmd.order_id)
+        if o is not None and o["status"] == "resting" and o["account"] == cmd.account:
+            taker_side, limit = o["side"], cmd.price if cmd.price is not None else o["price"]
+    queue = opposite_queue(eng, taker_side) if taker_side else None
+    events = eng.submit(cmd)
+    assert {e.seq for e in events} == {eng.seq}
+    eng.validate()
+    if queue is not None and not of(events, Triggered):
+        price_of = dict(queue)
+        touched = []
+        for e in events:
+            if type(e) is Trade:
+                oid = e.maker_order_id
+                assert e.price == price_of[oid], "trade not at the maker's price"
+                if limit is not None:
+                    assert e.price <= limit if taker_side == "buy" else e.price >= limit
+            elif type(e) in (Cancelled, Replaced) and e.order_id in price_of:   # STP on a maker
+                oid = e.order_id
+            else:
+                continue
+            if not touched or touched[-1] != oid:
+                touched.append(oid)
+        assert touched == [oid for oid, _ in queue[:len(touched)]], "price-time priority broken"
+    return events
+
+
+_price = st.integers(90, 110)
+_qty = st.integers(1, 30)
+_account = st.sampled_from(ACCOUNTS)
+_side = st.sampled_from(SIDES)
+_stp = st.sampled_from(STPS)
+_limit = st.builds(lambda a, s, p, q, tif, post, stp: PlaceOrder(
+    a, "", SYMBOL, s, price=p, qty=q, tif=tif, post_only=post and tif == "gtc", stp=stp),
+    _account, _side, _price, _qty, st.sampled_from(("gtc", "gtc", "ioc", "fok")),
+    st.booleans(), _stp)
+_market = st.one_of(
+    st.builds(lambda a, q, stp: PlaceOrder(a, "", SYMBOL, "sell", type="market", qty=q, stp=stp),
+              _account, _qty, _stp),
+    st.builds(lambda a, b, stp: PlaceOrder(a, "", SYMBOL, "buy", type="market", quote_qty=b, stp=stp),
+              _account, st.integers(1, 5000), _stp),
+    st.builds(lambda a, p, q: PlaceOrder(a, "", SYMBOL, "buy", type="market", price=p, qty=q),
+              _account, _price, _qty))
+_stop = st.builds(lambda a, s, p, q, sp, kind: PlaceOrder(
+    a, "", SYMBOL, s, type=kind, price=p if (kind == "stop_limit" or s == "buy") else None,
+    qty=q, stop_price=sp, tif="gtc"),
+    _account, _side, _price, _qty, _price, st.sampled_from(("stop_limit", "stop_market")))
+_money = st.one_of(
+    st.builds(Deposit, _account, st.sampled_from(("USD", "ABC")), st.integers(1, 5000)),
+    st.builds(Withdraw, _account, st.sampled_from(("USD", "ABC")), st.integers(1, 5000)),
+    st.builds(lambda a, amt: Adjust(a, "USD", amt, "ops", "fix"), _account,
+              st.integers(-3000, 3000).filter(bool)))
+_new = {"limit": _limit, "market": _market, "stop": _stop, "money": _money}
+# weights by repetition: mostly orders, then amends, rarely halts
+_KIND = st.sampled_from(["limit"] * 8 + ["market"] * 2 + ["stop"] * 2 + ["cancel"] * 3
+                        + ["replace"] * 5 + ["money"] * 2 + ["control"])
+
+
+def draw_command(data, eng, known_ids):
+    if eng.market(SYMBOL).halted and data.draw(st.booleans()):
+        return Resume(SYMBOL)
+    kind = data.draw(_KIND)
+    if kind in _new:
+        return data.draw(_new[kind])
+    if kind == "control":
+        return data.draw(st.sampled_from((Halt(SYMBOL), Resume(SYMBOL))))
+    # mostly open orders; sometimes closed ones, which must be unknown by now
+    live = [oid for oid in known_ids if eng.order(oid) is not None]
+    pool = live if live and data.draw(st.integers(0, 4)) else known_ids
+    oid = data.draw(st.sampled_from(pool)) if pool else 1
+    o = eng.order(oid)
+    # mostly the owner; sometimes someone else, who must get unknown_order
+    account = o["account"] if o and data.draw(st.integers(0, 9)) else data.draw(_account)
+    if kind == "cancel":
+        return CancelOrder(account, order_id=oid)
+    return ReplaceOrder(account, oid, price=data.draw(st.one_of(st.none(), _price)),
+                        qty=data.draw(st.one_of(st.none(), _qty)))
+
+
+class EngineMachine(RuleBasedStateMachine):
+    book = "python"
+
+    @initialize()
+    def setup(self):
+        self.eng = Engine(ASSETS, [instrument()], book=self.book, max_open_orders=50)
+        self.known_ids = []
+        for a in ACCOUNTS:
+            self.eng.submit(Deposit(a, "USD", 20_000))
+            self.eng.submit(Deposit(a, "ABC", 200))
+
+    @rule(data=st.data())
+    def step(self, data):
+        cmd = draw_command(data, self.eng, self.known_ids[-40:])
+        for e in check(self.eng, cmd):
+            if type(e) is Accepted:
+                self.known_ids.append(e.order_id)
+
+    @invariant()
+    def restorable(self):
+        if self.eng.seq % 25 == 0:
+            assert Engine.restore(self.eng.snapshot(), book=self.book).state_hash() == self.eng.state_hash()
+
+
+_examples = int(os.environ.get("EXCHANGE_PROPERTY_EXAMPLES", "150"))
+for _book in BOOKS:
+    _cls = type(f"EngineMachine_{_book}", (EngineMachine,), {"book": _book})
+    _cls.TestCase.settings = settings(max_examples=_examples, stateful_step_count=60, deadline=None,
+                                      suppress_health_check=[HealthCheck.too_slow])
+    globals()[f"TestEngineMachine_{_book}"] = _cls.TestCase
+
+
+def test_long_full_mix_stream_keeps_every_invariant(book):
+    """A long stream of the benchmark's 'full' mix (every command type): the
+    invariants every 50 commands, priority checked on every taker."""
+    from benchmarks.flow import generate, market_config
+    cmds = generate("full", 6_000, seed=11, accounts=20, prefill=200)
+    assets, instruments = market_config()
+    eng = Engine(assets, instruments, book=book, max_open_orders=100_000)
+    for i, c in enumerate(cmds):
+        if i % 50 == 0:
+            eng.validate()
+        eng.submit(c)
+    eng.validate()
+    assert eng.seq == len(cmds)
