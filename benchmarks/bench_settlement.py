@@ -3,9 +3,12 @@
     python benchmarks/bench_settlement.py                 # DATABASE_URL, else the embedded server
     python benchmarks/bench_settlement.py --trades 300000 --rates 20000,15000,10000 --lag-seconds 10
 
-1. A seeded, trade-heavy order flow goes through a real ``engine.Engine``
-   (python book) first; its events are kept, so the engine's own time is not
-   measured here.
+1. A seeded order flow goes through a real ``engine.Engine`` (python book)
+   first; its events are kept, so the engine's own time is not measured here.
+   ``--flow trades`` (default) is this script's trade-heavy flow (makers rest
+   near the mid, takers cross; ~8 ledger rows per trade); ``--flow
+   exchange_core|insert_heavy|full`` takes a mix from ``benchmarks/flow.py``
+   (10-13 rows per trade: most commands are orders, moves and cancels).
 2. **Throughput**: a ``SettlementWriter`` settles all of it into a fresh,
    migrated database as fast as ``put`` allows: trades/s, rows/s (ledger rows:
    transfers + trades + audit_log + orders), events/s.
@@ -111,6 +114,16 @@ def trade_heavy_flow(seed: int, trades_target: int, accounts: int = 500):
     return out, trades
 
 
+def project_flow(mix: str, n: int, seed: int):
+    """(per-command event lists, trade count, assets) for ``benchmarks.flow``'s
+    ``mix`` (exchange_core, insert_heavy, full): n commands after the funding."""
+    from benchmarks.flow import generate, market_config
+    assets, instruments = market_config(1)
+    engine = Engine(assets, instruments, book="python", max_open_orders=100_000)
+    out = [engine.submit(cmd) for cmd in generate(mix, n, seed)]
+    return out, count_trades(out), assets
+
+
 def count_trades(commands) -> int:
     return sum(1 for events in commands for ev in events if type(ev) is Trade)
 
@@ -154,9 +167,9 @@ async def checkpoint(server_url: str) -> None:
 
 # ---------------------------------------------------------------- phases
 async def settle_throughput(url: str, commands, batch_rows_max: int, flush_ms: float,
-                            pipeline_depth: int):
+                            pipeline_depth: int, assets):
     boundaries: list[int] = []
-    writer = SettlementWriter(url, assets=ASSETS, batch_rows_max=batch_rows_max,
+    writer = SettlementWriter(url, assets=assets, batch_rows_max=batch_rows_max,
                               flush_interval_ms=flush_ms, on_commit=boundaries.append,
                               pipeline_depth=pipeline_depth)
     await writer.start()
@@ -214,7 +227,7 @@ async def ceiling(url: str, commands, boundaries: list[int], asset_ids_from: str
 
 
 async def paced_lag(url: str, commands, trades: int, rate: float, seconds: float,
-                    batch_rows_max: int, flush_ms: float, pipeline_depth: int):
+                    batch_rows_max: int, flush_ms: float, pipeline_depth: int, assets):
     """Replay commands paced so trades arrive at ``rate``/s; lag per command."""
     commands_per_s = rate * len(commands) / trades
     n = min(len(commands), int(commands_per_s * seconds))
@@ -229,7 +242,7 @@ async def paced_lag(url: str, commands, trades: int, rate: float, seconds: float
             lags.append(now - put_at[seq - first_seq])
         committed[0] = last_seq
 
-    writer = SettlementWriter(url, assets=ASSETS, batch_rows_max=batch_rows_max,
+    writer = SettlementWriter(url, assets=assets, batch_rows_max=batch_rows_max,
                               flush_interval_ms=flush_ms, on_commit=on_commit,
                               pipeline_depth=pipeline_depth)
     await writer.start()
@@ -266,7 +279,11 @@ async def main_async(args) -> int:
           f"batch_rows_max {args.batch_rows}, flush_interval_ms {args.flush_ms:g}, "
           f"pipeline_depth {args.pipeline_depth}")
     t = time.perf_counter()
-    commands, trades = trade_heavy_flow(args.seed, args.trades)
+    if args.flow == "trades":
+        commands, trades = trade_heavy_flow(args.seed, args.trades)
+        assets = ASSETS
+    else:
+        commands, trades, assets = project_flow(args.flow, args.commands, args.seed)
     # The pre-generated stream stands in for what an engine emits over time; it
     # must not make every full garbage collection walk a million old objects
     # (100 ms pauses that would show up as lag).  A server freezes its startup
@@ -274,14 +291,14 @@ async def main_async(args) -> int:
     gc.collect()
     gc.freeze()
     events = sum(len(e) for e in commands)
-    print(f"flow: {len(commands):,} commands, {events:,} events, {trades:,} trades "
+    print(f"flow {args.flow}: {len(commands):,} commands, {events:,} events, {trades:,} trades "
           f"(engine {time.perf_counter() - t:.1f}s, not measured below)")
     try:
         settle_url = await fresh_db(server_url, made)
         await checkpoint(server_url)
         elapsed, stats, boundaries = await settle_throughput(settle_url, commands,
                                                               args.batch_rows, args.flush_ms,
-                                                              args.pipeline_depth)
+                                                              args.pipeline_depth, assets)
         settle_rows_s = stats.rows / elapsed
         print(f"settle:  {elapsed:6.2f}s  {trades / elapsed:10,.0f} trades/s  "
               f"{settle_rows_s:10,.0f} rows/s  {stats.events / elapsed:10,.0f} events/s  "
@@ -308,7 +325,7 @@ async def main_async(args) -> int:
             lag_url = await fresh_db(server_url, made)
             await checkpoint(server_url)
             lag = await paced_lag(lag_url, commands, trades, rate, args.lag_seconds,
-                                  args.batch_rows, args.flush_ms, args.pipeline_depth)
+                                  args.batch_rows, args.flush_ms, args.pipeline_depth, assets)
             await drop_all(server_url, made[-1:])
             del made[-1]
             print(f"lag at {rate:>8,.0f} trades/s: achieved {lag['achieved_trades_per_s']:8,.0f} "
@@ -327,7 +344,13 @@ async def main_async(args) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--trades", type=int, default=200_000, help="trades in the flow")
+    p.add_argument("--flow", default="trades",
+                   choices=["trades", "exchange_core", "insert_heavy", "full"],
+                   help="'trades': this script's trade-heavy flow (default); the others are "
+                        "benchmarks/flow.py mixes")
+    p.add_argument("--trades", type=int, default=200_000, help="trades in the 'trades' flow")
+    p.add_argument("--commands", type=int, default=300_000,
+                   help="commands of a benchmarks/flow.py mix")
     p.add_argument("--rates", type=lambda v: [float(x) for x in v.split(",")],
                    default=[20_000.0],
                    help="paced producer rates in trades/s, comma separated; the first is the "
