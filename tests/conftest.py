@@ -1,43 +1,21 @@
-"""Shared fixtures: engines on every available book implementation.
+"""Engine fixtures: engines on every available book implementation.
 
 ``book`` is parameterised over "python" and, when the kernel is built,
-"cython", so every engine test runs on both.  CI sets
-EXCHANGE_REQUIRE_CYTHON=1: then a missing kernel fails the run instead of
-silently testing one book.
+"cython" (support.BOOKS), so every engine test runs on both.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:       # benchmarks/ (the flow generator) is not installed
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))     # support.py
 
-from engine import Asset, Engine, Instrument, available_books  # noqa: E402
+from support import ASSETS, BOOKS, instrument  # noqa: E402
+
+from engine import Engine  # noqa: E402
 from engine.messages import Deposit  # noqa: E402
-
-BOOKS = available_books()
-
-# A market in whole units, so hand-checked numbers stay small:
-# price 100 ticks * qty 10 lots = notional 1000 USD minor units.
-ASSETS = [Asset("ABC", 0), Asset("USD", 0)]
-SYMBOL = "ABC-USD"
-MAKER_BPS, TAKER_BPS = 10, 20
-
-
-def instrument(**kw) -> Instrument:
-    args = dict(maker_fee_bps=MAKER_BPS, taker_fee_bps=TAKER_BPS, max_price=1_000_000,
-                max_qty=1_000_000)
-    args.update(kw)
-    return Instrument(SYMBOL, "ABC", "USD", "1", "1", **args)
-
-
-def require_cython() -> bool:
-    return os.environ.get("EXCHANGE_REQUIRE_CYTHON", "") not in ("", "0")
 
 
 @pytest.fixture(params=BOOKS)
@@ -56,9 +34,3 @@ def make_engine(book):
                 eng.submit(Deposit(account, "ABC", 100_000))
         return eng
     return make
-
-
-
-def of(events, cls):
-    """The events of one type, in order."""
-    return [e for e in events if type(e) is cls]

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import engine
-from conftest import BOOKS, require_cython
+from support import BOOKS, require_cython
 
 
 def test_cython_kernel_available_when_required():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.flow import generate, market_config
-from conftest import BOOKS
+from support import BOOKS
 from engine import Engine
 from engine.messages import decode_events, encode
 

@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from conftest import ASSETS, SYMBOL, instrument, of
+from support import ASSETS, SYMBOL, instrument, of
 from engine import Engine
 from engine.messages import Accepted, CancelOrder, Cancelled, Deposit, PlaceOrder, Trade
 

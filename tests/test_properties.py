@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from conftest import ASSETS, BOOKS, SYMBOL, instrument, of
+from support import ASSETS, BOOKS, SYMBOL, instrument, of
 from engine import Engine
 from engine.messages import (Accepted, Adjust, CancelOrder, Cancelled, Deposit, Halt, PlaceOrder, Replaced,
                              ReplaceOrder, Resume, Trade, Triggered, Withdraw)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ASSETS, SYMBOL, instrument, of
+from support import ASSETS, SYMBOL, instrument, of
 from engine import Engine
 from engine import reasons as R
 from engine.core import _Snapshot

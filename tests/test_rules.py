@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SYMBOL, of
+from support import SYMBOL, of
 from engine import reasons as R
 from engine.messages import (Accepted, Adjust, Adjusted, CancelOrder, Cancelled, Deposit, Halt,
                              Halted, PlaceOrder, Rejected, Replaced, ReplaceOrder, Resume, Resumed,

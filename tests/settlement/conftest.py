@@ -20,30 +20,6 @@ from settle_db import create_database, drop_database  # noqa: E402
 from settlement import migrate  # noqa: E402
 from settlement.database import ENV_URL, embedded_server, stop_embedded  # noqa: E402
 
-# --- living beside tests/conftest.py ----------------------------------------
-# The engine tests do ``from conftest import ...`` and mean tests/conftest.py.
-# pytest imports every conftest.py under the module name "conftest", so once
-# this folder is collected (it sorts before tests/test_*.py) that name would be
-# this file.  Give the name back after each collection report from here.
-_config = None
-
-
-def pytest_configure(config):
-    global _config
-    _config = config
-
-
-def pytest_collectreport(report):
-    root = Path(__file__).resolve().parent.parent / "conftest.py"
-    current = sys.modules.get("conftest")
-    if current is not None and Path(getattr(current, "__file__", "")).resolve() == root:
-        return
-    for plugin in _config.pluginmanager.get_plugins() if _config is not None else ():
-        if Path(getattr(plugin, "__file__", "") or "/").resolve() == root:
-            sys.modules["conftest"] = plugin
-            return
-
-
 @pytest.fixture(scope="session")
 def pg_server_url(tmp_path_factory):
     """URL of the server the tests create their databases on."""
