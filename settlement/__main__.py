@@ -5,6 +5,7 @@
     python -m settlement status             schema version and last_seq per engine
     python -m settlement balances [-a N]    dump balances (NUMERIC, by asset scale)
     python -m settlement stop               stop the embedded server, if it runs
+    python -m settlement demo [--n N ...]   the main job: order flow -> engine -> ledger, reconciled
 
 The URL is ``DATABASE_URL`` when set, else the embedded server in
 ``EXCHANGE_PGDATA`` (see ``settlement.database``).
@@ -69,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     bal = sub.add_parser("balances", help="dump balances")
     bal.add_argument("-a", "--account", type=int, default=None)
     sub.add_parser("stop", help="stop the embedded server")
+    sub.add_parser("demo", help="order flow -> engine -> ledger, reconciled (see --help)",
+                   add_help=False)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "demo":          # the demo has options of its own
+        from .demo import main as demo_main
+        return demo_main(argv[1:])
     args = parser.parse_args(argv)
 
     if args.command == "stop":
