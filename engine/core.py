@@ -581,25 +581,29 @@ class Engine:
                 new_maker_numer = maker_numer + notional * maker_bps
                 maker_fee = fee_charged(new_maker_numer) - fee_charged(maker_numer)
                 t.qty -= qty
+                # each leg names the order whose lock it draws on: an order's
+                # transfers (order_id) are its whole history
                 if taker_buys:
                     buyer, seller, buyer_fee, seller_fee = account, maker_account, taker_fee, maker_fee
+                    buy_order, sell_order = order_id, maker_id
                     t.locked -= notional + taker_fee
                 else:
                     buyer, seller, buyer_fee, seller_fee = maker_account, account, maker_fee, taker_fee
+                    buy_order, sell_order = maker_id, order_id
                     t.locked -= base_amount
                 ev.append(Trade(seq, trade_id, m.symbol, price, qty, maker_id, order_id,
                                 maker_account, account, side_name, maker_fee, taker_fee,
                                 maker_left, 0 if t.quote_only else t.qty))
                 self._transfer(m.base, base_amount, seller, True, buyer, False, "trade",
-                               order_id, trade_id)
+                               sell_order, trade_id)
                 self._transfer(m.quote, notional, buyer, True, seller, False, "trade",
-                               order_id, trade_id)
+                               buy_order, trade_id)
                 if buyer_fee:
                     self._transfer(m.quote, buyer_fee, buyer, True, SYSTEM_FEES, False, "fee",
-                                   order_id if taker_buys else maker_id, trade_id)
+                                   buy_order, trade_id)
                 if seller_fee:
                     self._transfer(m.quote, seller_fee, seller, False, SYSTEM_FEES, False, "fee",
-                                   maker_id if taker_buys else order_id, trade_id)
+                                   sell_order, trade_id)
                 if not taker_buys:
                     # the maker buyer held the worst-case fee; release what it did not cost
                     release = (buy_reserve(price, qty + maker_left, maker_numer, unit, reserve_bps)

@@ -163,7 +163,10 @@ class Transfer(_Message):
     after this transfer (account 0, the outside world, goes negative).
     ``ref`` is the command's external reference (deposits, withdrawals, the
     reason of an adjustment); ``order_id``/``trade_id`` say which order or trade
-    a lock, unlock, trade or fee transfer belongs to (0 when none).
+    a lock, unlock, trade or fee transfer belongs to (0 when none).  A trade's
+    base leg names the sell order, its quote leg and the buyer's fee the buy
+    order, the seller's fee the sell order: every transfer that touches an
+    order's lock or proceeds carries that order's id.
     """
     seq: int
     asset: str

@@ -464,3 +464,18 @@ def test_depth_is_aggregated_best_first(make_engine, side):
     bids, asks = eng.depth(SYMBOL, 2)
     levels = bids if side == "buy" else asks
     assert levels == ([(102, 2), (101, 4)] if side == "buy" else [(100, 4), (101, 4)])
+
+
+def test_every_leg_names_the_order_it_belongs_to(make_engine):
+    eng = make_engine()
+    maker = order_id(place(eng, 3, "sell", 100))
+    ev = place(eng, 2, "buy", 100, qty=4)
+    taker = order_id(ev)
+    legs = {(t.kind, t.asset, t.source_account): t.order_id for t in of(ev, Transfer)}
+    assert legs[("trade", "ABC", 3)] == maker          # base out of the seller's lock
+    assert legs[("trade", "USD", 2)] == taker          # quote out of the buyer's lock
+    assert legs[("fee", "USD", 2)] == taker
+    assert legs[("fee", "USD", 3)] == maker
+    # so an order's transfers are its whole history: lock, trade legs, fees
+    history = [t for t in of(ev, Transfer) if t.order_id == maker]
+    assert {t.kind for t in history} == {"trade", "fee"}
