@@ -168,7 +168,6 @@ class Book:
         """
         out = []
         levels = self._sides[instrument][SELL if side == BUY else BUY]
-        orders_index = self._orders
         while qty > 0 and levels:
             price, level = levels.peekitem(0) if side == BUY else levels.peekitem(-1)
             if (price > limit) if side == BUY else (price < limit):
@@ -185,18 +184,12 @@ class Book:
                     if stp == STP_DECREMENT:
                         d = qty if qty < o.qty else o.qty
                         qty -= d
-                        left = o.qty - d
-                        if left:
-                            o.qty = left
-                            level.qty -= d
-                        else:
-                            del orders_index[o.order_id]
-                            self._unlink(o)
+                        left = self._take_lots(o, d)
                         out.append((MAKER_DECREMENTED, o.order_id, o.account, o.price, d, left,
                                     o.fee_numer, o.flags))
                         continue
                     # cancel_oldest / cancel_both: the resting order goes
-                    del orders_index[o.order_id]
+                    del self._orders[o.order_id]
                     self._unlink(o)
                     out.append((MAKER_CANCELLED, o.order_id, o.account, o.price, o.qty, 0,
                                 o.fee_numer, o.flags))
@@ -214,15 +207,21 @@ class Book:
                         fill = affordable
                     budget -= fill * lot_cost
                 qty -= fill
-                left = o.qty - fill
-                if left:
-                    o.qty = left
-                    level.qty -= fill
-                else:
-                    del orders_index[o.order_id]
-                    self._unlink(o)
+                left = self._take_lots(o, fill)
                 out.append((FILL, o.order_id, o.account, price, fill, left, o.fee_numer, o.flags))
         return out
+
+    def _take_lots(self, o: _Order, lots: int) -> int:
+        """Take ``lots`` off a resting order, removing it when none are left;
+        returns what is left."""
+        left = o.qty - lots
+        if left:
+            o.qty = left
+            o.level.qty -= lots
+        else:
+            del self._orders[o.order_id]
+            self._unlink(o)
+        return left
 
     def can_fill(self, instrument: int, side: int, limit: int, qty: int, account: int,
                  stp: int) -> bool:
