@@ -21,11 +21,11 @@ from .database import database_url, default_pgdata, embedded_url, stop_embedded,
 from .migrate import MigrationError, migrate
 from .rows import BatchBuilder, MappingError
 from .writer import (DatabaseUnavailable, LedgerRejected, SettlementError, SettlementWriter,
-                     WriterStats)
+                     WriterClosed, WriterStats)
 
 __all__ = [
     "SettlementWriter", "migrate", "database_url",
     "register_assets", "embedded_url", "default_pgdata", "stop_embedded", "with_database",
-    "SettlementError", "LedgerRejected", "DatabaseUnavailable", "MigrationError", "AssetMismatch",
+    "SettlementError", "LedgerRejected", "DatabaseUnavailable", "WriterClosed", "MigrationError", "AssetMismatch",
     "MappingError", "BatchBuilder", "WriterStats",
 ]

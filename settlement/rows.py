@@ -263,10 +263,6 @@ class BatchBuilder:
                                 o[_O_REASON], o[_O_UPDATED_SEQ]))
         return new, updates
 
-    def accounts(self) -> list[int]:
-        """Every account the batch's transfers touch."""
-        return sorted({account for account, _ in self._balances})
-
 
 def build(commands: Iterable[Sequence], asset_ids: Mapping[str, int]) -> BatchBuilder:
     """A builder holding ``commands`` (each one command's event list)."""

@@ -34,12 +34,37 @@ balances and commits, so PostgreSQL's second core is used; step 2 keeps the comm
 seq order.  ``pipeline_depth=1`` is one connection, one batch at a time.
 
 A lost connection or a restarting server (any error of SQLSTATE class 08, 53,
-57P, a serialization failure, a socket error) is retried: reconnect with
-bounded exponential backoff, then the whole batch again; step 2 makes the
-retry exactly-once.  Any other error is permanent (a CHECK violation is an
-engine bug): the writer stops, the batch is rolled back, ``put``/``flush``/
-``close`` raise a ``SettlementError`` carrying the offending events and rows,
-and ``pending_events()`` still returns every uncommitted event.
+57P, a serialization failure or deadlock, a cancelled statement, a lock
+timeout, a socket error, a timeout) is retried: reconnect with bounded
+exponential backoff, then the whole batch again; step 2 makes the retry
+exactly-once.  A duplicate trade or order id is retried once with the state
+row locked before any COPY, so that last_seq says whether the batch was
+already committed (by our own COMMIT whose answer was lost, or by another
+writer of the engine); under the lock it is a real duplicate.  Any other
+error is permanent (a CHECK violation is an engine bug): the writer stops,
+the batch is rolled back, ``put``/``flush``/``close`` raise a
+``LedgerRejected`` carrying the offending events and rows, and
+``pending_events()`` still returns every uncommitted event.  Retries that
+never succeed end in ``DatabaseUnavailable`` after ``reconnect_attempts_max``
+attempts (30: about 49 s of backoff, delays doubling from 25 ms to
+``reconnect_delay_max_ms``).
+
+Nothing waits on the network without a bound: ``connect_timeout_s`` for a
+connection, ``command_timeout_s`` for every statement, COPY and COMMIT (a
+timeout is retried like a lost connection; an unanswered COMMIT is resolved by
+step 2), and server-side ``statement_timeout`` and
+``idle_in_transaction_session_timeout`` (twice the command timeout) and TCP
+keepalives, so a writer cut off silently cannot hold
+the state row.  Sessions force ``synchronous_commit = on``.
+
+Lifecycle: ``start()``; ``put()`` from one or more producers; ``flush()``;
+``close()`` flushes, commits what producers queued meanwhile and closes the
+connections -- a ``put()`` still waiting for room when ``close()`` or
+``abort()`` begins raises ``WriterClosed`` and queues nothing, so every
+``put()`` that returned is committed by a clean ``close()``.  ``abort()``
+stops at once (what a crash does) and wakes every waiting ``put()``/``flush()``
+with ``WriterClosed``.  Once the writer has failed, every call raises a fresh
+copy of its error, chained ``from`` the original.
 
 This module owns the queue, the transaction and the retry policy.  It never
 decides what a row contains (that is ``settlement.rows``) and never blocks the
@@ -61,7 +86,7 @@ from .rows import (AUDIT_COLUMNS, BALANCE_COLUMNS, ORDER_COLUMNS, ORDER_UPDATE_C
                    TRADE_COLUMNS, TRANSFER_COLUMNS, BatchBuilder, MappingError)
 
 __all__ = ["SettlementWriter", "SettlementError", "LedgerRejected", "DatabaseUnavailable",
-           "WriterStats", "is_transient"]
+           "WriterClosed", "WriterStats", "is_transient"]
 
 log = logging.getLogger("settlement.writer")
 
@@ -72,6 +97,8 @@ FLIGHT_GROUNDING_S = 10.0       # close(): how long batches still in flight may 
 RECONNECT_ATTEMPTS_MAX_DEFAULT = 30
 RECONNECT_DELAY_MIN_MS = 25
 RECONNECT_DELAY_MAX_MS_DEFAULT = 2_000
+CONNECT_TIMEOUT_S_DEFAULT = 10.0
+COMMAND_TIMEOUT_S_DEFAULT = 30.0
 ERROR_ROWS_MAX = 50             # offending rows quoted in an error message
 
 
@@ -107,6 +134,15 @@ class SettlementError(RuntimeError):
                          f"..{self.events[-1].seq}")
         super().__init__("\n".join(parts))
 
+    def again(self) -> "SettlementError":
+        """A copy to raise once more: the writer raises a fresh copy (chained
+        ``from`` the original) on every later call instead of re-raising one
+        object, whose traceback would grow with every raise."""
+        new = self.__class__.__new__(self.__class__)
+        new.__dict__.update(self.__dict__)
+        new.args = self.args
+        return new
+
 
 class LedgerRejected(SettlementError):
     """PostgreSQL or the writer's own checks refused a batch: an engine bug, a
@@ -114,17 +150,29 @@ class LedgerRejected(SettlementError):
 
 
 class DatabaseUnavailable(SettlementError):
-    """PostgreSQL stayed unreachable through every reconnect attempt."""
+    """A batch kept failing transiently (connection lost, server restarting,
+    timeouts) through ``reconnect_attempts_max`` attempts -- about 49 s of
+    backoff with the defaults -- or ``start()`` could not connect.  Nothing
+    was lost: ``pending_events()`` holds every uncommitted event, and a new
+    writer fed the stream again settles the rest exactly once."""
+
+
+class WriterClosed(RuntimeError):
+    """``put()``/``flush()`` on a writer that was closed or aborted: the
+    command was not queued, or what was put is not (all) committed."""
 
 
 _TRANSIENT_SQLSTATE_PREFIXES = ("08", "53", "57P")
-_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
+# serialization failure, deadlock, query cancelled (statement timeout,
+# pg_cancel_backend), lock not available (lock_timeout)
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "57014", "55P03"})
 
 
-def is_transient(exc: BaseException, conn: asyncpg.Connection | None = None) -> bool:
+def is_transient(exc: BaseException) -> bool:
     """True for errors a reconnect and retry can cure: lost connections, a
     server shutting down or starting up, resource exhaustion, serialization
-    failures.  Everything else is permanent."""
+    failures and deadlocks, cancelled statements, timeouts.  Everything else
+    is permanent."""
     if isinstance(exc, (OSError, ConnectionError)):    # TimeoutError is an OSError
         return True
     if isinstance(exc, asyncpg.PostgresError):
@@ -320,7 +368,8 @@ class SettlementWriter:
                  pipeline_depth: int = PIPELINE_DEPTH_DEFAULT,
                  reconnect_attempts_max: int = RECONNECT_ATTEMPTS_MAX_DEFAULT,
                  reconnect_delay_max_ms: float = RECONNECT_DELAY_MAX_MS_DEFAULT,
-                 connect_timeout_s: float = 10.0,
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
+                 command_timeout_s: float = COMMAND_TIMEOUT_S_DEFAULT,
                  on_commit: Callable[[int], None] | None = None):
         if not isinstance(engine_id, str) or not engine_id:
             raise ValueError("engine_id must be a non-empty str")
@@ -336,6 +385,8 @@ class SettlementWriter:
             raise ValueError("pipeline_depth must be 1 or 2")
         if type(reconnect_attempts_max) is not int or reconnect_attempts_max < 0:
             raise ValueError("reconnect_attempts_max must be an int >= 0")
+        if not connect_timeout_s > 0 or not command_timeout_s > 0:
+            raise ValueError("connect_timeout_s and command_timeout_s must be > 0")
         self.url = url
         self.engine_id = engine_id
         self.batch_rows_max = batch_rows_max
@@ -345,6 +396,7 @@ class SettlementWriter:
         self.reconnect_attempts_max = reconnect_attempts_max
         self.reconnect_delay_max_ms = reconnect_delay_max_ms
         self.connect_timeout_s = connect_timeout_s
+        self.command_timeout_s = command_timeout_s
         self.on_commit = on_commit
         self.stats = WriterStats()
         self._assets = list(assets) if assets is not None else None
@@ -355,6 +407,7 @@ class SettlementWriter:
         self._slots_used: set[int] = set()      # slots that had a connection (for stats.reconnects)
         self._task: asyncio.Task | None = None
         self._closing = False
+        self._aborted = False
         self._failure: SettlementError | None = None
         self._open: _Batch | None = None
         self._sealed: deque[_Batch] = deque()
@@ -395,9 +448,11 @@ class SettlementWriter:
         Raises the writer's ``SettlementError`` once it has failed.
         """
         if self._failure is not None:
-            raise self._failure
-        if self._task is None or self._closing:
-            raise RuntimeError("writer is not running (start() it; put() after close() is an error)")
+            self._raise_failure()
+        if self._task is None:
+            raise WriterClosed("writer is not running: start() it first")
+        if self._closing:
+            raise WriterClosed("writer is closed: put() after close()/abort() queues nothing")
         if not events:
             raise ValueError("put() takes the non-empty event list of one command")
         seq = events[0].seq
@@ -408,7 +463,12 @@ class SettlementWriter:
             self._space.clear()
             await self._space.wait()
             if self._failure is not None:
-                raise self._failure
+                self._raise_failure()
+            if self._closing:
+                # close()/abort() began while this put waited for room: the
+                # batcher may be gone, so the command is refused, not queued
+                raise WriterClosed(f"writer closed while put() waited for room: seq {seq} "
+                                   "was not queued")
             if seq <= self._put_seq:    # another producer queued it meanwhile
                 self.stats.skipped_commands += 1
                 return
@@ -423,12 +483,12 @@ class SettlementWriter:
             self._fail(LedgerRejected(
                 f"seq {seq} does not follow {self._put_seq}: the stream has a gap "
                 "(every engine command must be settled, in order)", events=events))
-            raise self._failure
+            self._raise_failure()
         try:
             batch.builder.add(events)
         except MappingError as exc:
             self._fail(LedgerRejected(f"cannot map events: {exc}", events=events))
-            raise self._failure from exc
+            raise self._failure.again() from exc
         self._put_seq = seq
         if batch.builder.n_events >= self.batch_rows_max:
             self._seal()
@@ -438,15 +498,17 @@ class SettlementWriter:
         target = self._put_seq
         while self._committed_seq < target:
             if self._failure is not None:
-                raise self._failure
-            if self._task is None or self._task.done():
-                raise RuntimeError("writer is not running")
+                self._raise_failure()
+            if self._task is None or self._task.done() or self._aborted:
+                raise WriterClosed(
+                    f"writer is not running: committed up to seq {self._committed_seq} of "
+                    f"{target} (the rest is in pending_events())")
             if self._open is not None:
                 self._seal()
             self._progress.clear()
             await self._progress.wait()
         if self._failure is not None:
-            raise self._failure
+            self._raise_failure()
 
     async def close(self) -> None:
         """Flush, stop the batcher and close the connections.  Raises the
@@ -456,9 +518,10 @@ class SettlementWriter:
             if self._failure is None and self._task is not None and not self._task.done():
                 await self.flush()
         finally:
-            # the batcher commits whatever another producer queued meanwhile, then exits
+            # the batcher commits whatever another producer queued meanwhile, then
+            # exits; a put() still waiting for room is refused (WriterClosed)
             self._closing = True
-            self._wake.set()
+            self._wake_waiters()
             if self._task is not None:
                 try:
                     await self._task
@@ -469,14 +532,16 @@ class SettlementWriter:
                 await self._drop_connection(slot, graceful=True)
             await _let_cancellations_unwind()
         if self._failure is not None:
-            raise self._failure
+            self._raise_failure()
 
     async def abort(self) -> None:
         """Stop now without flushing: batches in flight are rolled back (or,
         if a COMMIT already went out, committed); everything uncommitted stays
         in ``pending_events()``.  What a crash does, on purpose: a new writer
-        fed the stream again from seq 1 settles the rest exactly once."""
-        self._closing = True
+        fed the stream again from seq 1 settles the rest exactly once.
+        A ``put()`` or ``flush()`` waiting meanwhile raises ``WriterClosed``."""
+        self._closing = self._aborted = True
+        self._wake_waiters()
         if self._task is not None and not self._task.done():
             self._task.cancel()
             try:
@@ -508,12 +573,6 @@ class SettlementWriter:
     def backend_pids(self) -> list[int]:
         """PostgreSQL backend pids of the writer's open connections."""
         return [c.get_server_pid() for c in self._conns if c is not None and not c.is_closed()]
-
-    @property
-    def backend_pid(self) -> int | None:
-        """The first open connection's backend pid (``backend_pids`` for all)."""
-        pids = self.backend_pids
-        return pids[0] if pids else None
 
     def pending_commands(self) -> list[Sequence]:
         """Uncommitted commands (event lists) in seq order: the batches in
@@ -652,23 +711,46 @@ class SettlementWriter:
         if self._failure is None:
             self._failure = error
             log.error("settlement writer stopped: %s", error)
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """Wake every put(), flush() and batcher wait to look at the state again."""
         self._space.set()
         self._progress.set()
         self._wake.set()
         self._landed.set()
+
+    def _raise_failure(self) -> None:
+        raise self._failure.again() from self._failure
 
     # ------------------------------------------------------------------ connections
     def _backoff_s(self, attempt: int) -> float:
         return min(self.reconnect_delay_max_ms, RECONNECT_DELAY_MIN_MS * 2 ** (attempt - 1)) / 1000
 
     async def _connect(self, slot: int) -> asyncpg.Connection:
-        conn = await asyncpg.connect(self.url, timeout=self.connect_timeout_s, server_settings={
-            "application_name": f"settlement-writer:{self.engine_id}"[:63],
-            # Every statement of the writer looks rows up by key.  Without this the
-            # planner may hash-join a batch's order updates against a full scan of
-            # `orders` (few open orders look cheap to filter), so a batch would cost
-            # more the longer the exchange runs.
-            **_KEYED_PLANS})
+        server_ms = int(2 * max(self.command_timeout_s, 1.0) * 1000)
+        conn = await asyncpg.connect(
+            self.url, timeout=self.connect_timeout_s, command_timeout=self.command_timeout_s,
+            server_settings={
+                "application_name": f"settlement-writer:{self.engine_id}"[:63],
+                # a COMMIT is durable before the writer counts it, whatever the
+                # database's or role's default says
+                "synchronous_commit": "on",
+                # A writer cut off by a silent network failure must not hold the
+                # settlement_state row (or its uncommitted rows) forever: the
+                # server ends such a session itself, idle or mid-statement (a
+                # COPY waiting for data).  A batch waiting, client side, for the
+                # batch ahead is idle in transaction too; if that ever outlasts
+                # this, it is rolled back and retried.
+                "idle_in_transaction_session_timeout": str(server_ms),
+                "statement_timeout": str(server_ms),
+                "tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
+                "tcp_keepalives_count": "3",
+                # Every statement of the writer looks rows up by key.  Without this the
+                # planner may hash-join a batch's order updates against a full scan of
+                # `orders` (few open orders look cheap to filter), so a batch would cost
+                # more the longer the exchange runs.
+                **_KEYED_PLANS})
         try:
             if not self._connected_once:
                 await self._load_state(conn)
@@ -686,17 +768,21 @@ class SettlementWriter:
             self._asset_ids.update(await register_assets(conn, self._assets))
         else:
             self._asset_ids.update(await load_assets(conn))
-        others = await conn.fetch("SELECT engine_id, last_seq FROM settlement_state "
-                                  "WHERE engine_id <> $1", self.engine_id)
-        if others:
-            raise LedgerRejected(
-                f"this database holds the ledger of engine {others[0]['engine_id']!r} "
-                f"(last_seq {others[0]['last_seq']}), not {self.engine_id!r}: one engine stream "
-                "per database")
-        await conn.execute("INSERT INTO settlement_state (engine_id) VALUES ($1) "
-                           "ON CONFLICT (engine_id) DO NOTHING", self.engine_id)
-        last = await conn.fetchval("SELECT last_seq FROM settlement_state WHERE engine_id = $1",
-                                   self.engine_id)
+        async with conn.transaction():
+            # check-then-insert under a table lock that conflicts with itself:
+            # two writers of different engines starting at once cannot both pass
+            await conn.execute("LOCK TABLE settlement_state IN EXCLUSIVE MODE")
+            others = await conn.fetch("SELECT engine_id, last_seq FROM settlement_state "
+                                      "WHERE engine_id <> $1", self.engine_id)
+            if others:
+                raise LedgerRejected(
+                    f"this database holds the ledger of engine {others[0]['engine_id']!r} "
+                    f"(last_seq {others[0]['last_seq']}), not {self.engine_id!r}: one engine "
+                    "stream per database")
+            await conn.execute("INSERT INTO settlement_state (engine_id) VALUES ($1) "
+                               "ON CONFLICT (engine_id) DO NOTHING", self.engine_id)
+            last = await conn.fetchval("SELECT last_seq FROM settlement_state "
+                                       "WHERE engine_id = $1", self.engine_id)
         self._committed_seq = self._put_seq = last
 
     async def _drop_connection(self, slot: int, graceful: bool = False) -> None:
@@ -718,12 +804,13 @@ class SettlementWriter:
         batch, slot = flight.batch, flight.slot
         builder = batch.builder
         attempt = 0
+        lock_first = False
         while True:
             conn = self._conns[slot]
             try:
                 if conn is None or conn.is_closed():
                     conn = self._conns[slot] = await self._connect(slot)
-                await self._commit(conn, flight, builder, previous)
+                await self._commit(conn, flight, builder, previous, lock_first=lock_first)
                 return builder.last_seq
             except _NotYet:
                 await asyncio.wait([previous.task])
@@ -742,21 +829,15 @@ class SettlementWriter:
             except (_PredecessorFailed, asyncio.CancelledError):
                 raise
             except asyncpg.UniqueViolationError as exc:
-                # A trade or order id is already in the ledger: another writer of
-                # this engine committed these commands (or our own unacknowledged
-                # COMMIT did) -- rows and last_seq are committed together, so
-                # last_seq says which.  Otherwise it is a real duplicate.
-                last = await conn.fetchval("SELECT last_seq FROM settlement_state "
-                                           "WHERE engine_id = $1", self.engine_id)
-                if last is not None and last >= builder.last_seq:
-                    self.stats.skipped_batches += 1
-                    return batch.builder.last_seq
-                if last is not None and last >= builder.first_seq:
-                    self.stats.trimmed_batches += 1
-                    builder = BatchBuilder(self._asset_ids)
-                    for events in batch.commands:
-                        if events[0].seq > last:
-                            builder.add(events)
+                if not lock_first:
+                    # A trade or order id is already in the ledger.  Committed by
+                    # another writer of this engine, or by our own COMMIT whose answer
+                    # was lost -- or a real duplicate.  Retry holding the state row
+                    # before any keyed row goes in: its last_seq then tells which.
+                    lock_first = True
+                    self.stats.retries += 1
+                    log.info("settlement batch seq %d..%d: %s; retrying under the state "
+                             "row lock", builder.first_seq, builder.last_seq, exc)
                     continue
                 error = await self._permanent_error(exc, builder, batch, conn)
                 await self._drop_connection(slot, graceful=True)
@@ -767,13 +848,15 @@ class SettlementWriter:
                 self._fail(exc)
                 raise
             except Exception as exc:
-                if not is_transient(exc, conn):
+                if not is_transient(exc):
                     error = await self._permanent_error(exc, builder, batch, conn)
                     await self._drop_connection(slot, graceful=True)
                     self._fail(error)
                     raise error from exc
                 attempt += 1
                 self.stats.retries += 1
+                # the batch may have committed (an unanswered COMMIT): ask last_seq first
+                lock_first = True
                 await self._drop_connection(slot)
                 if attempt > self.reconnect_attempts_max:
                     error = DatabaseUnavailable(
@@ -787,35 +870,29 @@ class SettlementWriter:
                 await asyncio.sleep(delay_s)
 
     async def _commit(self, conn: asyncpg.Connection, flight: _Flight, b: BatchBuilder,
-                      previous: _Flight | None) -> None:
-        """One transaction; see the module docstring for the steps."""
+                      previous: _Flight | None, *, lock_first: bool = False) -> None:
+        """One transaction; see the module docstring for the steps.
+        ``lock_first``: take the state row before COPYing anything (the retry
+        after a duplicate key, so that last_seq decides what it was)."""
         batch = flight.batch
+        new_orders, order_updates = b.order_rows()
+        copied = 0
         async with conn.transaction():
-            # Before the batch ahead holds the state row: only rows nothing else
-            # can collide with (identity keys), so that a transaction waiting
-            # client-side holds nothing another writer's COPY could block on.
-            copied = len(b.transfers) + len(b.audit)
-            await conn.copy_records_to_table("transfers", records=b.transfers,
-                                             columns=TRANSFER_COLUMNS)
-            if b.audit:
-                await conn.copy_records_to_table("audit_log", records=b.audit,
-                                                 columns=AUDIT_COLUMNS)
+            if not lock_first:
+                # Before the batch ahead holds the state row: only rows nothing else
+                # can collide with (identity keys), so that a transaction waiting
+                # client-side holds nothing another writer's COPY could block on.
+                copied += await self._copy_unkeyed(conn, b)
             if previous is not None and not previous.locked.is_set():
                 await previous.locked.wait()
             if self._failure is not None:
                 raise _PredecessorFailed()
-            # The batch ahead holds the state row (or has committed): every
-            # other transaction that could insert these trade or order ids now
-            # waits for a lock PostgreSQL can see, so a conflict between two
-            # writers of one engine is a detected deadlock (retried), not a hang.
-            if b.trades:
-                copied += len(b.trades)
-                await conn.copy_records_to_table("trades", records=b.trades, columns=TRADE_COLUMNS)
-            new_orders, order_updates = b.order_rows()
-            if new_orders:
-                copied += len(new_orders)
-                await conn.copy_records_to_table("orders", records=new_orders,
-                                                 columns=ORDER_COLUMNS)
+            if not lock_first:
+                # The batch ahead holds the state row (or has committed): every
+                # other transaction that could insert these trade or order ids now
+                # waits for a lock PostgreSQL can see, so a conflict between two
+                # writers of one engine is a detected deadlock (retried), not a hang.
+                copied += await self._copy_keyed(conn, b, new_orders)
             last = await conn.fetchval(_SQL_LOCK_STATE, self.engine_id)   # waits for its COMMIT
             flight.locked.set()
             if last is None:
@@ -831,6 +908,9 @@ class SettlementWriter:
                 raise LedgerRejected(
                     f"batch starts at seq {b.first_seq} but the ledger is at {last}: a gap",
                     events=batch.events())
+            if lock_first:
+                copied += await self._copy_unkeyed(conn, b)
+                copied += await self._copy_keyed(conn, b, new_orders)
             if order_updates:
                 columns = [list(c) for c in zip(*order_updates)]
                 updated = await conn.fetchval(_SQL_UPDATE_ORDERS, *columns)
@@ -864,6 +944,25 @@ class SettlementWriter:
         self.stats.commands += b.n_commands
         self.stats.events += b.n_events
         self.stats.rows += copied
+
+    @staticmethod
+    async def _copy_unkeyed(conn: asyncpg.Connection, b: BatchBuilder) -> int:
+        """COPY the rows whose keys PostgreSQL assigns (nothing can collide)."""
+        if b.transfers:
+            await conn.copy_records_to_table("transfers", records=b.transfers,
+                                             columns=TRANSFER_COLUMNS)
+        if b.audit:
+            await conn.copy_records_to_table("audit_log", records=b.audit, columns=AUDIT_COLUMNS)
+        return len(b.transfers) + len(b.audit)
+
+    @staticmethod
+    async def _copy_keyed(conn: asyncpg.Connection, b: BatchBuilder, new_orders: list) -> int:
+        """COPY the rows keyed by the engine's ids (trades, new orders)."""
+        if b.trades:
+            await conn.copy_records_to_table("trades", records=b.trades, columns=TRADE_COLUMNS)
+        if new_orders:
+            await conn.copy_records_to_table("orders", records=new_orders, columns=ORDER_COLUMNS)
+        return len(b.trades) + len(new_orders)
 
     async def _permanent_error(self, exc: Exception, b: BatchBuilder, batch: _Batch,
                                conn: asyncpg.Connection | None) -> SettlementError:

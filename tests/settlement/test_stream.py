@@ -160,8 +160,8 @@ def test_commit_acknowledgement_lost_is_not_booked_twice(db_url):
         real_commit = writer._commit
         lost = {"n": 0}
 
-        async def commit_then_lose_answer(conn, batch, builder, previous):
-            await real_commit(conn, batch, builder, previous)
+        async def commit_then_lose_answer(conn, batch, builder, previous, **kw):
+            await real_commit(conn, batch, builder, previous, **kw)
             if lost["n"] < 3:
                 lost["n"] += 1
                 conn.terminate()
