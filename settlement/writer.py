@@ -52,10 +52,14 @@ attempts (30: about 49 s of backoff, delays doubling from 25 ms to
 Nothing waits on the network without a bound: ``connect_timeout_s`` for a
 connection, ``command_timeout_s`` for every statement, COPY and COMMIT (a
 timeout is retried like a lost connection; an unanswered COMMIT is resolved by
-step 2), and server-side ``statement_timeout`` and
-``idle_in_transaction_session_timeout`` (twice the command timeout) and TCP
-keepalives, so a writer cut off silently cannot hold
-the state row.  Sessions force ``synchronous_commit = on``.
+step 2; a batch that legitimately needs longer than this never commits, so
+keep it well above a batch's time).  So that a session cut off silently
+cannot hold the state row: server-side ``statement_timeout`` and
+``idle_in_transaction_session_timeout`` (twice the command timeout), TCP
+keepalives, and on every reconnect the writer terminates the server sessions
+of the connections it dropped after a failure (matched by pid and start time;
+a session stuck in COPY is ended by nothing else).  A session whose
+``synchronous_commit`` is ``off`` sets it ``on``.
 
 Lifecycle: ``start()``; ``put()`` from one or more producers; ``flush()``;
 ``close()`` flushes, commits what producers queued meanwhile and closes the
@@ -99,6 +103,7 @@ RECONNECT_DELAY_MIN_MS = 25
 RECONNECT_DELAY_MAX_MS_DEFAULT = 2_000
 CONNECT_TIMEOUT_S_DEFAULT = 10.0
 COMMAND_TIMEOUT_S_DEFAULT = 30.0
+TIMEOUT_S_MAX = 86_400.0        # twice this, in ms, still fits PostgreSQL's int timeouts
 ERROR_ROWS_MAX = 50             # offending rows quoted in an error message
 
 
@@ -295,6 +300,7 @@ class WriterStats:
     trimmed_batches: int = 0     # batches whose first commands another writer had committed
     retries: int = 0             # batch attempts that failed transiently
     reconnects: int = 0          # connections opened again after one was lost (any slot)
+    reaped_sessions: int = 0     # abandoned server sessions of dropped connections terminated
 
 
 async def _let_cancellations_unwind() -> None:
@@ -385,8 +391,10 @@ class SettlementWriter:
             raise ValueError("pipeline_depth must be 1 or 2")
         if type(reconnect_attempts_max) is not int or reconnect_attempts_max < 0:
             raise ValueError("reconnect_attempts_max must be an int >= 0")
-        if not connect_timeout_s > 0 or not command_timeout_s > 0:
-            raise ValueError("connect_timeout_s and command_timeout_s must be > 0")
+        for name, value in (("connect_timeout_s", connect_timeout_s),
+                            ("command_timeout_s", command_timeout_s)):
+            if not 0 < value <= TIMEOUT_S_MAX:
+                raise ValueError(f"{name} must be > 0 and <= {TIMEOUT_S_MAX}")
         self.url = url
         self.engine_id = engine_id
         self.batch_rows_max = batch_rows_max
@@ -405,6 +413,8 @@ class SettlementWriter:
         self._conns: list[asyncpg.Connection | None] = [None] * pipeline_depth
         self._connected_once = False
         self._slots_used: set[int] = set()      # slots that had a connection (for stats.reconnects)
+        self._identities: dict[int, tuple] = {}  # id(conn) -> (backend pid, backend_start)
+        self._abandoned: list[tuple] = []       # backends of connections dropped after a failure
         self._task: asyncio.Task | None = None
         self._closing = False
         self._aborted = False
@@ -523,16 +533,19 @@ class SettlementWriter:
             self._closing = True
             self._wake_waiters()
             if self._task is not None:
-                try:
-                    await self._task
-                except Exception:
-                    pass        # recorded in self._failure, raised below
+                # a failure is recorded in self._failure (raised below); abort()
+                # may cancel the task meanwhile: wait() neither raises that nor
+                # passes a cancellation of close() on to the batcher
+                await asyncio.wait([self._task])
             await self._ground_flights(FLIGHT_GROUNDING_S)
             for slot in range(self.pipeline_depth):
                 await self._drop_connection(slot, graceful=True)
             await _let_cancellations_unwind()
         if self._failure is not None:
             self._raise_failure()
+        if self._aborted and self.pending_commands():
+            raise WriterClosed(f"abort() during close(): {len(self.pending_commands())} "
+                               "commands not committed (see pending_events())")
 
     async def abort(self) -> None:
         """Stop now without flushing: batches in flight are rolled back (or,
@@ -733,15 +746,16 @@ class SettlementWriter:
             self.url, timeout=self.connect_timeout_s, command_timeout=self.command_timeout_s,
             server_settings={
                 "application_name": f"settlement-writer:{self.engine_id}"[:63],
-                # a COMMIT is durable before the writer counts it, whatever the
-                # database's or role's default says
-                "synchronous_commit": "on",
-                # A writer cut off by a silent network failure must not hold the
-                # settlement_state row (or its uncommitted rows) forever: the
-                # server ends such a session itself, idle or mid-statement (a
-                # COPY waiting for data).  A batch waiting, client side, for the
-                # batch ahead is idle in transaction too; if that ever outlasts
-                # this, it is rolled back and retried.
+                # A session whose client went away silently must not hold the
+                # settlement_state row or uncommitted rows for long: the server
+                # ends it when it sits idle in a transaction or in a statement
+                # (a lock wait) this long, and TCP keepalives notice a dead peer.
+                # A session stuck in COPY waiting for data is ended by neither
+                # (PostgreSQL does not act on timeouts while it reads from the
+                # client): the writer terminates its abandoned backends itself
+                # when it reconnects (_reap).  A batch waiting, client side, for
+                # the batch ahead is idle in transaction too; if that ever
+                # outlasts this, it is rolled back and retried.
                 "idle_in_transaction_session_timeout": str(server_ms),
                 "statement_timeout": str(server_ms),
                 "tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5",
@@ -752,9 +766,20 @@ class SettlementWriter:
                 # more the longer the exchange runs.
                 **_KEYED_PLANS})
         try:
+            durability, started = await conn.fetchrow(
+                "SELECT current_setting('synchronous_commit'), "
+                "(SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid())")
+            if durability == "off":
+                # a COMMIT must be durable before the writer counts it, whatever
+                # the database's or role's default says ('local' and stronger stay)
+                await conn.execute("SET synchronous_commit = on")
+            self._identities[id(conn)] = (conn.get_server_pid(), started)
+            if self._abandoned:
+                await self._reap(conn)
             if not self._connected_once:
                 await self._load_state(conn)
         except BaseException:
+            self._identities.pop(id(conn), None)
             conn.terminate()
             raise
         self._connected_once = True
@@ -785,9 +810,35 @@ class SettlementWriter:
                                        "WHERE engine_id = $1", self.engine_id)
         self._committed_seq = self._put_seq = last
 
+    async def _reap(self, conn: asyncpg.Connection) -> None:
+        """Terminate the server sessions of connections this writer dropped
+        after a failure, if they still exist: one cut off mid-COPY would
+        otherwise hold its locks and uncommitted keys until TCP gives up (or
+        for ever behind a proxy).  Matched on pid and backend_start, so a
+        reused pid is never hit; best effort (needs the same role)."""
+        abandoned, self._abandoned = self._abandoned, []
+        try:
+            reaped = await conn.fetchval(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(a.pid)) "
+                "FROM pg_stat_activity a JOIN unnest($1::int[], $2::timestamptz[]) "
+                "AS s(pid, started) ON a.pid = s.pid AND a.backend_start = s.started",
+                [p for p, _ in abandoned], [t for _, t in abandoned])
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("could not terminate abandoned writer sessions %s: %r", abandoned, exc)
+            return
+        if reaped:
+            self.stats.reaped_sessions += reaped
+            log.warning("terminated %d abandoned writer session(s) of %s", reaped, abandoned)
+
     async def _drop_connection(self, slot: int, graceful: bool = False) -> None:
         conn, self._conns[slot] = self._conns[slot], None
-        if conn is None or conn.is_closed():
+        if conn is None:
+            return
+        identity = self._identities.pop(id(conn), None)
+        if not graceful and identity is not None and not self._closing:
+            # dropped after a failure: its server session may live on, stuck
+            self._abandoned.append(identity)
+        if conn.is_closed():
             return
         if graceful:
             try:
@@ -853,6 +904,9 @@ class SettlementWriter:
                     await self._drop_connection(slot, graceful=True)
                     self._fail(error)
                     raise error from exc
+                if self._failure is not None:
+                    await self._drop_connection(slot)
+                    raise _PredecessorFailed() from exc     # the writer stopped meanwhile
                 attempt += 1
                 self.stats.retries += 1
                 # the batch may have committed (an unanswered COMMIT): ask last_seq first
@@ -945,24 +999,26 @@ class SettlementWriter:
         self.stats.events += b.n_events
         self.stats.rows += copied
 
-    @staticmethod
-    async def _copy_unkeyed(conn: asyncpg.Connection, b: BatchBuilder) -> int:
-        """COPY the rows whose keys PostgreSQL assigns (nothing can collide)."""
-        if b.transfers:
-            await conn.copy_records_to_table("transfers", records=b.transfers,
-                                             columns=TRANSFER_COLUMNS)
-        if b.audit:
-            await conn.copy_records_to_table("audit_log", records=b.audit, columns=AUDIT_COLUMNS)
-        return len(b.transfers) + len(b.audit)
+    async def _copy(self, conn: asyncpg.Connection, table: str, records: list,
+                    columns: Sequence[str]) -> int:
+        if records:
+            # asyncpg's command_timeout does not bound a COPY whose socket stopped
+            # draining (it waits for the transport to resume writing, untimed):
+            # a hard bound, then the connection is dropped and the batch retried
+            async with asyncio.timeout(self.command_timeout_s):
+                await conn.copy_records_to_table(table, records=records, columns=columns)
+        return len(records)
 
-    @staticmethod
-    async def _copy_keyed(conn: asyncpg.Connection, b: BatchBuilder, new_orders: list) -> int:
+    async def _copy_unkeyed(self, conn: asyncpg.Connection, b: BatchBuilder) -> int:
+        """COPY the rows whose keys PostgreSQL assigns (nothing can collide)."""
+        return (await self._copy(conn, "transfers", b.transfers, TRANSFER_COLUMNS)
+                + await self._copy(conn, "audit_log", b.audit, AUDIT_COLUMNS))
+
+    async def _copy_keyed(self, conn: asyncpg.Connection, b: BatchBuilder,
+                          new_orders: list) -> int:
         """COPY the rows keyed by the engine's ids (trades, new orders)."""
-        if b.trades:
-            await conn.copy_records_to_table("trades", records=b.trades, columns=TRADE_COLUMNS)
-        if new_orders:
-            await conn.copy_records_to_table("orders", records=new_orders, columns=ORDER_COLUMNS)
-        return len(b.trades) + len(new_orders)
+        return (await self._copy(conn, "trades", b.trades, TRADE_COLUMNS)
+                + await self._copy(conn, "orders", new_orders, ORDER_COLUMNS))
 
     async def _permanent_error(self, exc: Exception, b: BatchBuilder, batch: _Batch,
                                conn: asyncpg.Connection | None) -> SettlementError:

@@ -3,7 +3,9 @@
 ``freeze()`` makes every connection open at that moment silently drop what it
 carries, both ways, and never pass on a close: what a dead network path or a
 stuck middlebox looks like to both ends (no error, no FIN, no RST).
-Connections opened later work normally.
+``freeze(stall=True)`` stops reading instead, so the sender's buffers fill
+and its writes block once the buffers are full (a path that stopped
+acknowledging).  Connections opened later work normally.
 """
 from __future__ import annotations
 
@@ -43,11 +45,15 @@ class BlackHoleProxy:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
-    def freeze(self) -> int:
+    def freeze(self, stall: bool = False) -> int:
         """Black-hole every open connection; returns how many."""
         live = [p for p in self._pairs if not p.frozen]
         for p in live:
             p.frozen = True
+            if stall:
+                for t in p.tasks:
+                    t.cancel()          # nobody reads any more; sockets stay open
+
         return len(live)
 
     async def close(self) -> None:
@@ -87,6 +93,8 @@ class BlackHoleProxy:
                 await dst.drain()
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:
+            return
         if not pair.frozen:
             for w in pair.writers:
                 w.close()
