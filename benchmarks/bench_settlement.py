@@ -14,8 +14,9 @@
    transfers + trades + audit_log + orders), events/s.
 3. **Ceiling**: the same rows, in the same batches, go into another fresh
    migrated database (same tables, indexes, triggers) with nothing but
-   ``copy_records_to_table``, one transaction per batch: rows/s (best of two
-   runs).  Reported:
+   ``copy_records_to_table``, one transaction per batch: rows/s.  Steps 2 and
+   3 run twice, interleaved (settle, ceiling, settle, ceiling), so a shared
+   machine's drift hits both; the best of each is reported, and
    settlement rows/s / ceiling rows/s (target >= 0.7).
 4. **Lag**: a producer replays the stream paced at each of ``--rates``
    trades/s into a fresh database; lag = time from ``put()`` to the commit that contains it
@@ -294,25 +295,35 @@ async def main_async(args) -> int:
     print(f"flow {args.flow}: {len(commands):,} commands, {events:,} events, {trades:,} trades "
           f"(engine {time.perf_counter() - t:.1f}s, not measured below)")
     try:
-        settle_url = await fresh_db(server_url, made)
-        await checkpoint(server_url)
-        elapsed, stats, boundaries = await settle_throughput(settle_url, commands,
-                                                              args.batch_rows, args.flush_ms,
-                                                              args.pipeline_depth, assets)
-        settle_rows_s = stats.rows / elapsed
-        print(f"settle:  {elapsed:6.2f}s  {trades / elapsed:10,.0f} trades/s  "
-              f"{settle_rows_s:10,.0f} rows/s  {stats.events / elapsed:10,.0f} events/s  "
-              f"({stats.batches} batches, {stats.rows:,} rows)")
-        # the best of two runs, each into a fresh database: a conservative ratio
-        raw_s = float("inf")
+        # Two rounds, each a settle run and a ceiling run into fresh databases,
+        # interleaved so that a machine getting slower or faster during the run
+        # (it is shared) hits both sides alike; the best of each side counts.
+        settle_url = None
+        elapsed = raw_s = float("inf")
         for _ in range(2):
+            url = await fresh_db(server_url, made)
+            await checkpoint(server_url)
+            run_s, run_stats, boundaries = await settle_throughput(url, commands, args.batch_rows,
+                                                                   args.flush_ms,
+                                                                   args.pipeline_depth, assets)
+            if run_s < elapsed:
+                elapsed, stats = run_s, run_stats
+            if settle_url is None:
+                settle_url = url            # kept: the ceiling reads its asset ids
+            else:
+                await drop_all(server_url, made[-1:])
+                del made[-1]
             ceiling_url = await fresh_db(server_url, made)
             await checkpoint(server_url)
             run_s, raw_rows = await ceiling(ceiling_url, commands, boundaries, settle_url)
-            assert raw_rows == stats.rows, (raw_rows, stats.rows)
+            assert raw_rows == run_stats.rows, (raw_rows, run_stats.rows)
             raw_s = min(raw_s, run_s)
             await drop_all(server_url, made[-1:])
             del made[-1]
+        settle_rows_s = stats.rows / elapsed
+        print(f"settle:  {elapsed:6.2f}s  {trades / elapsed:10,.0f} trades/s  "
+              f"{settle_rows_s:10,.0f} rows/s  {stats.events / elapsed:10,.0f} events/s  "
+              f"({stats.batches} batches, {stats.rows:,} rows; best of 2)")
         ceiling_rows_s = raw_rows / raw_s
         print(f"ceiling: {raw_s:6.2f}s  {trades / raw_s:10,.0f} trades/s  "
               f"{ceiling_rows_s:10,.0f} rows/s  (raw copy_records_to_table, same rows and batches)")
