@@ -215,11 +215,14 @@ def test_a_lock_timeout_is_retried(db_url):
     assert_settled(db_url, engine, commands)
 
 
-def test_a_silent_network_black_hole_is_detected_and_survived(db_url):
-    """Mid-stream every open connection starts dropping packets without an
-    error or a close, both ways.  The writer's statement timeouts notice, it
-    reconnects (new connections work), and the server ends the abandoned
-    sessions itself, so their locks go away: everything settles once."""
+@pytest.mark.parametrize("stall", [False, True], ids=["drops-packets", "stops-reading"])
+def test_a_silent_network_black_hole_is_detected_and_survived(db_url, stall):
+    """Mid-stream every open connection stops carrying data without an error
+    or a close: its packets vanish, or nothing reads them any more (the
+    sender's buffers fill).  The writer's timeouts notice, it reconnects (new
+    connections work) and terminates the abandoned server sessions (one stuck
+    in COPY would keep its locks: no server timeout ends it); everything
+    settles once."""
     engine, commands = run(seed=35, n=6_000)
 
     async def main():
@@ -232,7 +235,7 @@ def test_a_silent_network_black_hole_is_detected_and_survived(db_url):
         for events in commands[2_000:4_000]:
             await writer.put(events)
             if not frozen and events[0].seq % 250 == 0 and writer.stats.batches >= 3:
-                frozen = proxy.freeze()
+                frozen = proxy.freeze(stall=stall)
         await _feed(writer, commands[4_000:])
         await asyncio.wait_for(writer.close(), 120)
         await proxy.close()
@@ -241,32 +244,8 @@ def test_a_silent_network_black_hole_is_detected_and_survived(db_url):
     stats, frozen = asyncio.run(main())
     assert frozen >= 1
     assert stats.retries >= 1 and stats.reconnects >= 1, stats
-    assert_settled(db_url, engine, commands)
-
-
-def test_a_path_that_stops_acknowledging_mid_copy_is_survived(db_url):
-    """The network stops carrying data (nothing is read any more, nothing is
-    closed) while batches flow: the writer's timeouts notice, it reconnects,
-    terminates the abandoned server sessions (one stuck in COPY would hold its
-    rows' locks: no server timeout ends it), and everything settles once."""
-    engine, commands = run(seed=41, n=12_000)
-
-    async def main():
-        proxy = await BlackHoleProxy(db_url).start()
-        writer = SettlementWriter(proxy.url, assets=ASSETS, batch_rows_max=20_000,
-                                  flush_interval_ms=20, command_timeout_s=1.0)
-        await writer.start()
-        await _feed(writer, commands[:1_000])
-        await writer.flush()
-        stalled = proxy.freeze(stall=True)
-        await _feed(writer, commands[1_000:])
-        await asyncio.wait_for(writer.close(), 120)
-        await proxy.close()
-        return writer.stats, stalled
-
-    stats, stalled = asyncio.run(main())
-    assert stalled >= 1
-    assert stats.retries >= 1 and stats.reaped_sessions >= 1, stats
+    if stall:       # (dropped packets leave idle sessions the server may end first)
+        assert stats.reaped_sessions >= 1, stats
     assert_settled(db_url, engine, commands)
 
 
