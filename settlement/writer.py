@@ -879,26 +879,22 @@ class SettlementWriter:
                         builder.add(events)
             except (_PredecessorFailed, asyncio.CancelledError):
                 raise
-            except asyncpg.UniqueViolationError as exc:
-                if not lock_first:
-                    # A trade or order id is already in the ledger.  Committed by
-                    # another writer of this engine, or by our own COMMIT whose answer
-                    # was lost -- or a real duplicate.  Retry holding the state row
-                    # before any keyed row goes in: its last_seq then tells which.
-                    lock_first = True
-                    self.stats.retries += 1
-                    log.info("settlement batch seq %d..%d: %s; retrying under the state "
-                             "row lock", builder.first_seq, builder.last_seq, exc)
-                    continue
-                error = await self._permanent_error(exc, builder, batch, conn)
-                await self._drop_connection(slot, graceful=True)
-                self._fail(error)
-                raise error from exc
             except SettlementError as exc:
                 await self._drop_connection(slot, graceful=True)
                 self._fail(exc)
                 raise
             except Exception as exc:
+                if isinstance(exc, asyncpg.UniqueViolationError) and not lock_first:
+                    # A trade or order id is already in the ledger.  Committed by
+                    # another writer of this engine, or by our own COMMIT whose answer
+                    # was lost -- or a real duplicate.  Retry holding the state row
+                    # before any keyed row goes in: its last_seq then tells which.
+                    # Under the lock it is a real duplicate: permanent, below.
+                    lock_first = True
+                    self.stats.retries += 1
+                    log.info("settlement batch seq %d..%d: %s; retrying under the state "
+                             "row lock", builder.first_seq, builder.last_seq, exc)
+                    continue
                 if not is_transient(exc):
                     error = await self._permanent_error(exc, builder, batch, conn)
                     await self._drop_connection(slot, graceful=True)
@@ -926,8 +922,9 @@ class SettlementWriter:
     async def _commit(self, conn: asyncpg.Connection, flight: _Flight, b: BatchBuilder,
                       previous: _Flight | None, *, lock_first: bool = False) -> None:
         """One transaction; see the module docstring for the steps.
-        ``lock_first``: take the state row before COPYing anything (the retry
-        after a duplicate key, so that last_seq decides what it was)."""
+        ``lock_first``: take the state row before COPYing anything (every retry:
+        after a duplicate key or a transient failure last_seq decides whether
+        the batch, or a prefix of it, is already committed)."""
         batch = flight.batch
         new_orders, order_updates = b.order_rows()
         copied = 0
