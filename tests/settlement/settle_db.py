@@ -1,4 +1,5 @@
-"""Private databases on a shared server: created with a unique name, dropped after."""
+"""Private databases on a shared server: created with a unique name, dropped after; and a
+lock that stalls the settlement writer."""
 from __future__ import annotations
 
 import secrets
@@ -26,3 +27,28 @@ async def drop_database(server_url: str, url: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+class BalancesLocked:
+    """``async with BalancesLocked(url) as lock``: another session holds LOCK
+    TABLE balances, so every batch stalls at its balance update (PostgreSQL
+    "stalls") until ``await lock.release()`` or the end of the block."""
+
+    def __init__(self, url):
+        self.url = url
+
+    async def __aenter__(self):
+        self.conn = await asyncpg.connect(self.url)
+        self.tx = self.conn.transaction()
+        await self.tx.start()
+        await self.conn.execute("LOCK TABLE balances IN SHARE MODE")
+        return self
+
+    async def release(self):
+        if self.tx is not None:
+            await self.tx.rollback()
+            self.tx = None
+
+    async def __aexit__(self, *exc):
+        await self.release()
+        await self.conn.close()

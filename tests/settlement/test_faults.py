@@ -11,6 +11,7 @@ import pytest
 
 from engine.messages import Trade, Transfer
 from settle_checks import assert_settled
+from settle_db import BalancesLocked
 from settle_flow import ASSETS, run
 from settle_proxy import BlackHoleProxy
 from settlement import LedgerRejected, SettlementWriter, WriterClosed
@@ -31,29 +32,6 @@ async def _wait_for_lock_wait(admin, timeout_s=10.0) -> int:
             return pid
         await asyncio.sleep(0.01)
     pytest.fail("the writer never waited on the lock")
-
-
-class _BalancesLocked:
-    """Holds LOCK TABLE balances: every batch stalls at its balance update."""
-
-    def __init__(self, url):
-        self.url = url
-
-    async def __aenter__(self):
-        self.conn = await asyncpg.connect(self.url)
-        self.tx = self.conn.transaction()
-        await self.tx.start()
-        await self.conn.execute("LOCK TABLE balances IN SHARE MODE")
-        return self
-
-    async def release(self):
-        if self.tx is not None:
-            await self.tx.rollback()
-            self.tx = None
-
-    async def __aexit__(self, *exc):
-        await self.release()
-        await self.conn.close()
 
 
 def test_ids_another_writer_committed_are_skipped_not_fatal(db_url):
@@ -147,7 +125,7 @@ def test_a_statement_timeout_is_retried_and_nothing_is_lost(db_url):
         writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=400,
                                   flush_interval_ms=5, command_timeout_s=0.3)
         await writer.start()
-        async with _BalancesLocked(db_url) as lock:
+        async with BalancesLocked(db_url) as lock:
             await _feed(writer, commands[:300])
             await asyncio.sleep(1.0)            # several timeouts while the lock is held
             assert writer.committed_seq == 0
@@ -170,7 +148,7 @@ def test_a_cancelled_statement_is_retried(db_url):
         writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=400, flush_interval_ms=5)
         await writer.start()
         admin = await asyncpg.connect(db_url)
-        async with _BalancesLocked(db_url) as lock:
+        async with BalancesLocked(db_url) as lock:
             await _feed(writer, commands[:300])
             pid = await _wait_for_lock_wait(admin)
             assert await admin.fetchval("SELECT pg_cancel_backend($1)", pid)
@@ -200,7 +178,7 @@ def test_a_lock_timeout_is_retried(db_url):
         await conn.close()
         writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=400, flush_interval_ms=5)
         await writer.start()
-        async with _BalancesLocked(db_url) as lock:
+        async with BalancesLocked(db_url) as lock:
             await _feed(writer, commands[:300])
             for _ in range(500):
                 if writer.stats.retries >= 2:
@@ -256,7 +234,7 @@ def test_abort_during_close_ends_close_with_writer_closed(db_url):
         writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=100,
                                   queue_rows_max=100_000, flush_interval_ms=5)
         await writer.start()
-        async with _BalancesLocked(db_url):
+        async with BalancesLocked(db_url):
             await _feed(writer, commands)
             closing = asyncio.create_task(writer.close())
             await asyncio.sleep(0.2)
@@ -277,7 +255,7 @@ def test_abort_wakes_a_waiting_put_and_flush(db_url):
         writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=50, queue_rows_max=100,
                                   flush_interval_ms=5)
         await writer.start()
-        async with _BalancesLocked(db_url):
+        async with BalancesLocked(db_url):
             producer = asyncio.create_task(_feed(writer, commands))
             await asyncio.sleep(0.3)
             assert not producer.done()          # put() waits for room
@@ -313,7 +291,7 @@ def test_close_with_a_put_waiting_commits_every_put_that_returned(db_url):
                 await writer.put(events)
                 returned.append(events[0].seq)
 
-        async with _BalancesLocked(db_url) as lock:
+        async with BalancesLocked(db_url) as lock:
             task = asyncio.create_task(producer())
             await asyncio.sleep(0.3)
             assert not task.done()

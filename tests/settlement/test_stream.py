@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from settle_checks import assert_settled
+from settle_db import BalancesLocked
 from settle_flow import ASSETS, Flow, new_engine, run
 from settlement import SettlementWriter
 
@@ -101,26 +102,23 @@ def test_connection_killed_mid_batch_is_retried_exactly_once(db_url):
         writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=1_500,
                                   flush_interval_ms=5)
         await writer.start()
-        holder = await asyncpg.connect(db_url)
         admin = await asyncpg.connect(db_url)   # outside any transaction: fresh pg_stat_activity
-        blocker = holder.transaction()
-        await blocker.start()
-        await holder.execute("LOCK TABLE balances IN SHARE MODE")  # the batch's balance update waits
-        await _feed(writer, commands[:500])
-        for _ in range(500):
-            state = await admin.fetchrow(
-                "SELECT pid, xact_start IS NOT NULL AS in_xact, query FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock' "
-                "AND application_name LIKE 'settlement-writer:%'")
-            if state:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            pytest.fail("writer never blocked mid-batch")
-        assert state["pid"] in writer.backend_pids
-        assert state["in_xact"] and "balances" in state["query"], dict(state)
-        assert await admin.fetchval("SELECT pg_terminate_backend($1)", state["pid"])
-        await blocker.rollback()
+        async with BalancesLocked(db_url) as lock:     # the batch's balance update waits
+            await _feed(writer, commands[:500])
+            for _ in range(500):
+                state = await admin.fetchrow(
+                    "SELECT pid, xact_start IS NOT NULL AS in_xact, query FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock' "
+                    "AND application_name LIKE 'settlement-writer:%'")
+                if state:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                pytest.fail("writer never blocked mid-batch")
+            assert state["pid"] in writer.backend_pids
+            assert state["in_xact"] and "balances" in state["query"], dict(state)
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", state["pid"])
+            await lock.release()
         assert await admin.fetchval("SELECT count(*) FROM transfers") == 0   # rolled back
 
         kills = 0
@@ -141,7 +139,6 @@ def test_connection_killed_mid_batch_is_retried_exactly_once(db_url):
         killing.cancel()
         await writer.close()
         await admin.close()
-        await holder.close()
         return writer.stats, kills
 
     stats, kills = asyncio.run(main())

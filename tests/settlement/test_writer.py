@@ -10,6 +10,7 @@ import pytest
 
 from engine.messages import Deposit, Transfer
 from settle_checks import assert_settled
+from settle_db import BalancesLocked
 from settle_flow import ASSETS, new_engine, run
 from settlement import (DatabaseUnavailable, LedgerRejected, SettlementError, SettlementWriter,
                         register_assets)
@@ -82,10 +83,6 @@ def test_backpressure_a_full_queue_makes_put_wait_and_nothing_is_dropped(db_url)
         writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=100, queue_rows_max=300,
                                   flush_interval_ms=5)
         await writer.start()
-        holder = await asyncpg.connect(db_url)
-        blocker = holder.transaction()
-        await blocker.start()
-        await holder.execute("LOCK TABLE balances IN SHARE MODE")     # PostgreSQL "stalls"
         fed = 0
 
         async def producer():
@@ -94,22 +91,22 @@ def test_backpressure_a_full_queue_makes_put_wait_and_nothing_is_dropped(db_url)
                 await writer.put(events)
                 fed += 1
 
-        task = asyncio.create_task(producer())
-        await asyncio.sleep(0.5)
-        assert not task.done()                      # put() is waiting
-        stalled_at = fed
-        assert 0 < stalled_at < len(commands)
-        buffered = sum(len(e) for e in commands[:stalled_at])
-        # the queue bound, plus the batches in flight (one per pipeline slot)
-        biggest = max(len(e) for e in commands)
-        assert buffered <= 300 + biggest + writer.pipeline_depth * (100 + biggest), buffered
-        await asyncio.sleep(0.3)
-        assert fed == stalled_at                   # still waiting, nothing dropped or skipped
-        assert writer.stats.skipped_commands == 0
-        await blocker.rollback()                   # PostgreSQL is back
+        async with BalancesLocked(db_url) as lock:      # PostgreSQL "stalls"
+            task = asyncio.create_task(producer())
+            await asyncio.sleep(0.5)
+            assert not task.done()                      # put() is waiting
+            stalled_at = fed
+            assert 0 < stalled_at < len(commands)
+            buffered = sum(len(e) for e in commands[:stalled_at])
+            # the queue bound, plus the batches in flight (one per pipeline slot)
+            biggest = max(len(e) for e in commands)
+            assert buffered <= 300 + biggest + writer.pipeline_depth * (100 + biggest), buffered
+            await asyncio.sleep(0.3)
+            assert fed == stalled_at                   # still waiting, nothing dropped or skipped
+            assert writer.stats.skipped_commands == 0
+            await lock.release()                       # PostgreSQL is back
         await asyncio.wait_for(task, 60)
         await writer.close()
-        await holder.close()
 
     asyncio.run(main())
     assert_settled(db_url, engine, commands)
