@@ -1,10 +1,13 @@
 """Benchmark of ``Engine.submit`` and of the raw book operations under it.
 
     python benchmarks/bench_engine.py [--mix exchange_core insert_heavy] [-n 300000]
-                                      [--books python cython] [--seed 1] [--repeat 3]
+                                      [--books python cython] [--cores python cython]
+                                      [--seed 1] [--repeat 3]
 
 Two tables per run.  Engine: commands/s and per-command latency percentiles
-of the whole ``Engine.submit``.  Book: the exact sequence of book calls
+of the whole ``Engine.submit``, for each engine core (the pure-Python
+``engine.core.Engine``, or the same source compiled, ``engine._ccore``) on
+each book.  Book: the exact sequence of book calls
 (add, remove, get, match, crosses, reduce, set_fee, can_fill) the engine made
 on the same flow, recorded once and replayed on a fresh book of each
 implementation; calls/s is the best of ``--repeat`` replays.
@@ -30,7 +33,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.flow import generate, market_config  # noqa: E402
-from engine import Engine, available_books  # noqa: E402
+import engine  # noqa: E402
+from engine import available_books, core  # noqa: E402
 from engine.messages import Deposit  # noqa: E402
 
 
@@ -41,19 +45,28 @@ def split_setup(cmds, prefill):
     return cmds[:cut], cmds[cut:]
 
 
-def fresh_engine(book, setup):
+CORES = {"python": core.Engine, "cython": engine.Engine}
+
+
+def available_cores():
+    return ["python", "cython"] if engine.CORE_IMPLEMENTATION == "cython" else ["python"]
+
+
+def fresh_engine(config, setup):
+    core_name, book = config
     assets, instruments = market_config()
-    eng = Engine(assets, instruments, book=book, max_open_orders=100_000)
+    eng = CORES[core_name](assets, instruments, book=book, max_open_orders=100_000)
+    assert eng.core_implementation == core_name, "engine._ccore is not in use"
     for c in setup:
         eng.submit(c)
     return eng
 
 
-def throughput(book, setup, flow, repeat):
+def throughput(config, setup, flow, repeat):
     best = None
     events = 0
     for _ in range(repeat):
-        eng = fresh_engine(book, setup)
+        eng = fresh_engine(config, setup)
         submit = eng.submit
         gc.collect()
         gc.disable()
@@ -68,8 +81,8 @@ def throughput(book, setup, flow, repeat):
     return len(flow) / best, events / best
 
 
-def latencies(book, setup, flow):
-    eng = fresh_engine(book, setup)
+def latencies(config, setup, flow):
+    eng = fresh_engine(config, setup)
     submit = eng.submit
     clock = time.perf_counter_ns
     out = np.empty(len(flow), dtype=np.int64)
@@ -111,7 +124,7 @@ class _Recorder:
 def record_book_calls(setup, flow):
     """(calls, start): every book call of the setup and the flow; flow calls from ``start``."""
     assets, instruments = market_config()
-    eng = Engine(assets, instruments, book="python", max_open_orders=100_000)
+    eng = core.Engine(assets, instruments, book="python", max_open_orders=100_000)
     rec = eng._book = _Recorder(eng._book)
     for c in setup:
         eng.submit(c)
@@ -164,6 +177,8 @@ def main(argv=None):
     ap.add_argument("--mix", nargs="+", default=["exchange_core", "insert_heavy"])
     ap.add_argument("-n", type=int, default=300_000, help="flow commands per mix")
     ap.add_argument("--books", nargs="+", default=available_books())
+    ap.add_argument("--cores", nargs="+", default=available_cores(),
+                    help="engine cores: python (engine/core.py as source), cython (compiled)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--prefill", type=int, default=2000)
@@ -171,20 +186,25 @@ def main(argv=None):
 
     print(f"# Engine.submit, {args.n:,} flow commands per mix, seed {args.seed}, "
           f"best of {args.repeat}; python {sys.version.split()[0]}")
-    print(f"{'mix':14s} {'book':7s} {'commands/s':>12s} {'events/s':>12s} "
+    print(f"{'mix':14s} {'core':7s} {'book':7s} {'commands/s':>12s} {'events/s':>12s} "
           f"{'p50 us':>8s} {'p99 us':>8s} {'p99.9 us':>9s}")
     book_rows = []
     for mix in args.mix:
         cmds = generate(mix, args.n, seed=args.seed, prefill=args.prefill)
         setup, flow = split_setup(cmds, args.prefill)
         rates = {}
-        for book in args.books:
-            cps, eps = throughput(book, setup, flow, args.repeat)
-            p50, p99, p999 = latencies(book, setup, flow)
-            rates[book] = cps
-            print(f"{mix:14s} {book:7s} {cps:12,.0f} {eps:12,.0f} {p50:8.2f} {p99:8.2f} {p999:9.2f}")
-        if "python" in rates and "cython" in rates:
-            print(f"{mix:14s} cython/python = {rates['cython'] / rates['python']:.2f}x")
+        for core_name in args.cores:
+            for book in args.books:
+                cps, eps = throughput((core_name, book), setup, flow, args.repeat)
+                p50, p99, p999 = latencies((core_name, book), setup, flow)
+                rates[core_name, book] = cps
+                print(f"{mix:14s} {core_name:7s} {book:7s} {cps:12,.0f} {eps:12,.0f} "
+                      f"{p50:8.2f} {p99:8.2f} {p999:9.2f}")
+        pure = rates.get(("python", "python"))
+        for key, label in ((("python", "cython"), "cython book"),
+                           (("cython", "cython"), "cython core + cython book")):
+            if pure and key in rates:
+                print(f"{mix:14s} {label} / all python = {rates[key] / pure:.2f}x")
         calls, start = record_book_calls(setup, flow)
         counts: dict[str, int] = {}
         for name, _ in calls[start:]:

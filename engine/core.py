@@ -14,6 +14,10 @@ wait here until the last trade price triggers them.
 
 Bad input is answered with ``Rejected`` (reason strings in ``engine.reasons``)
 before any state changes.  A broken invariant is a bug and raises.
+
+This file is also compiled, unchanged, by Cython into ``engine._ccore`` (see
+setup.py); ``engine.Engine`` is that compiled class when it is built.  Keep it
+plain Python: the same source must run, and behave the same, both ways.
 """
 from __future__ import annotations
 
@@ -38,6 +42,9 @@ try:  # the optional Cython kernel, built from ext/ by setup.py
     from ._cbook import Book as CBook
 except ImportError:  # pragma: no cover - depends on the build
     CBook = None
+
+# "cython" when this module runs as engine._ccore, compiled from this source
+CORE_IMPLEMENTATION = "cython" if __name__.rpartition(".")[2] == "_ccore" else "python"
 
 SYSTEM_OUTSIDE = 0          # the outside world: deposits come from it, withdrawals go to it
 SYSTEM_FEES = 1             # collects fees
@@ -160,6 +167,7 @@ class Engine:
             self._market_by_symbol[ins.symbol] = m
         book_cls = _book_class(book)
         self.book_implementation = book_cls.implementation
+        self.core_implementation = CORE_IMPLEMENTATION
         self._book = book_cls(len(self._markets))
         # balances: account -> [available, locked] per asset, flattened
         self._bal: dict[int, list[int]] = {
@@ -817,7 +825,7 @@ class Engine:
         asset, _ = args
         if c.amount > self._supply_room(asset):
             return self._reject(c.account, "", R.AMOUNT_OVERFLOW)
-        self._transfer(asset, c.amount, SYSTEM_OUTSIDE, False, c.account, False, "deposit", ref=c.ref)
+        self._transfer(asset, c.amount, SYSTEM_OUTSIDE, False, c.account, False, "deposit", 0, 0, c.ref)
 
     def _withdraw(self, c: Withdraw) -> None:
         if type(c.ref) is not str or len(c.ref) > REF_MAX:
@@ -828,7 +836,7 @@ class Engine:
         asset, b = args
         if b[2 * asset] < c.amount:
             return self._reject(c.account, "", R.INSUFFICIENT_FUNDS)
-        self._transfer(asset, c.amount, c.account, False, SYSTEM_OUTSIDE, False, "withdraw", ref=c.ref)
+        self._transfer(asset, c.amount, c.account, False, SYSTEM_OUTSIDE, False, "withdraw", 0, 0, c.ref)
 
     def _adjust(self, c: Adjust) -> None:
         for text in (c.admin, c.reason):
@@ -847,9 +855,9 @@ class Engine:
         self._ev.append(Adjusted(self._seq, c.account, c.asset, amount, c.admin, c.reason,
                                  before, before + amount))
         if amount > 0:
-            self._transfer(asset, amount, SYSTEM_OUTSIDE, False, c.account, False, "adjust", ref=c.reason)
+            self._transfer(asset, amount, SYSTEM_OUTSIDE, False, c.account, False, "adjust", 0, 0, c.reason)
         else:
-            self._transfer(asset, -amount, c.account, False, SYSTEM_OUTSIDE, False, "adjust", ref=c.reason)
+            self._transfer(asset, -amount, c.account, False, SYSTEM_OUTSIDE, False, "adjust", 0, 0, c.reason)
 
     # ------------------------------------------------------------ instrument control
     def _halt(self, c: Halt) -> None:

@@ -1,7 +1,10 @@
 """Helpers shared by the engine tests (imported as ``support``; fixtures live in conftest.py).
 
 ``BOOKS`` lists the book implementations importable here: every engine test
-runs on each.  CI sets EXCHANGE_REQUIRE_CYTHON=1: then a missing kernel fails
+runs on each.  ``engine_class(book)`` pairs each book with its engine core:
+"python" is all pure Python (``engine.core.Engine``, the reference), "cython"
+is all accelerated (``engine.Engine``: the compiled core when it is built,
+with the Cython book), so the two variants compared are the two ends.  CI sets EXCHANGE_REQUIRE_CYTHON=1: then a missing kernel fails
 the run (tests/test_build.py) instead of silently testing one book.
 """
 from __future__ import annotations
@@ -14,9 +17,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:       # benchmarks/ (the flow generator) is not installed
     sys.path.insert(0, str(ROOT))
 
+import engine  # noqa: E402
 from engine import Asset, Instrument, available_books  # noqa: E402
+from engine import core as pure_core  # noqa: E402
 
 BOOKS = available_books()
+
+
+def engine_class(book: str):
+    """The engine class a test variant runs: the pure-Python source for the
+    "python" book, ``engine.Engine`` (compiled when built) for the others."""
+    return pure_core.Engine if book == "python" else engine.Engine
 
 # A market in whole units, so hand-checked numbers stay small:
 # price 100 ticks * qty 10 lots = notional 1000 USD minor units.

@@ -1,7 +1,10 @@
-"""Which book runs, and that CI really has the Cython kernel."""
+"""Which book and engine core run, and that CI really has both compiled."""
 import os
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 import engine
 from support import BOOKS, require_cython
@@ -13,11 +16,54 @@ def test_cython_kernel_available_when_required():
         assert engine.BOOK_IMPLEMENTATION == "cython" or os.environ.get("EXCHANGE_PURE_PYTHON")
 
 
-def test_pure_python_env_var_forces_reference_book():
-    code = "import engine; e = engine.Engine([], []); print(engine.BOOK_IMPLEMENTATION, e.book_implementation)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+def test_compiled_core_available_when_required():
+    if require_cython() and not os.environ.get("EXCHANGE_PURE_PYTHON"):
+        assert engine.CORE_IMPLEMENTATION == "cython", \
+            "EXCHANGE_REQUIRE_CYTHON=1 but engine._ccore is not built (or is stale)"
+        assert engine.Engine.__module__ == "engine._ccore"
+        assert engine.Engine([], []).core_implementation == "cython"
+
+
+SHOW = ("import engine; e = engine.Engine([], []); print(engine.__file__); "
+        "print(engine.BOOK_IMPLEMENTATION, e.book_implementation, engine.CORE_IMPLEMENTATION, "
+        "e.core_implementation, type(e).__module__)")
+
+
+def test_pure_python_env_var_forces_reference_book_and_core():
+    out = subprocess.run([sys.executable, "-c", SHOW], capture_output=True, text=True, check=True,
                          env={**os.environ, "EXCHANGE_PURE_PYTHON": "1"})
-    assert out.stdout.split() == ["python", "python"]
+    assert out.stdout.split()[1:] == ["python", "python", "python", "python", "engine.core"]
+    assert "RuntimeWarning" not in out.stderr       # asked for: no warning
+
+
+def test_compiled_core_from_another_source_is_not_used(tmp_path):
+    """Editing engine/core.py without rebuilding must not run the old compiled
+    core: the package falls back to the source, with a warning."""
+    if engine.CORE_IMPLEMENTATION != "cython":
+        pytest.skip("engine._ccore is not built here")
+    pkg = tmp_path / "engine"
+    shutil.copytree(os.path.dirname(engine.__file__), pkg,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.c"))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env.pop("EXCHANGE_PURE_PYTHON", None)
+
+    def show():
+        out = subprocess.run([sys.executable, "-c", SHOW], capture_output=True, text=True,
+                             check=True, env=env, cwd=tmp_path)
+        where, rest = out.stdout.splitlines()
+        assert where == str(pkg / "__init__.py")       # the copy, not the installed package
+        return rest.split(), out.stderr
+
+    flags, err = show()                                 # the copy as built: compiled
+    assert flags[2:] == ["cython", "cython", "engine._ccore"], (flags, err)
+    with open(pkg / "core.py", "a") as f:
+        f.write("\n# an edit after the build\n")
+    flags, err = show()
+    assert flags[2:] == ["python", "python", "engine.core"], flags
+    assert "compiled from another version of engine/core.py" in err
+    (pkg / "_ccore.sha256").unlink()                   # no record of the source: not used either
+    flags, err = show()
+    assert flags[2:] == ["python", "python", "engine.core"], flags
 
 
 def test_auto_picks_cython_when_built():

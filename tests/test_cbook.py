@@ -2,8 +2,11 @@
 
 Book level: the same operations on both books, every return value compared,
 ``validate()`` on both along the way (hypothesis for shrinking, plus seeded
-long runs).  Engine level: two engines, one per book, fed the same random
-command stream, must emit byte-identical encoded events and snapshots.
+long runs).  Engine level: the pure-Python engine (``engine.core.Engine`` on
+the Python book) and the accelerated one (``engine.Engine``: the compiled core
+when built, on the Cython book), fed the same command stream, must emit
+byte-identical encoded events and snapshots; the compiled core on the Python
+book is held to the same stream too.
 
 Everything but ``test_kernel_is_built_when_required`` skips when the kernel is
 not built.  CI sets EXCHANGE_REQUIRE_CYTHON=1 so a missing kernel fails there.
@@ -18,8 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import engine
 import engine.book as ref
-from engine import Asset, Engine, Instrument
+from engine import Asset, Instrument
+from engine.core import Engine as PureEngine
 from engine.messages import (CancelOrder, Deposit, Halt, PlaceOrder, ReplaceOrder, Resume,
                              Withdraw, encode)
 
@@ -590,7 +595,7 @@ class RandomCommands:
     """A seeded stream of engine commands: every order type, tif, STP mode,
     post-only, stops, cancels, replaces, deposits, withdrawals, halts."""
 
-    def __init__(self, seed: int, engine: Engine):
+    def __init__(self, seed: int, engine: PureEngine):
         self.r = random.Random(seed)
         self.eng = engine           # read only: which orders are open, which markets halted
         self.accounts = list(range(2, 8))
@@ -689,26 +694,34 @@ class RandomCommands:
 
 
 def _engine_run(seed: int, n_commands: int, check_every: int = 500):
-    py = Engine(ASSETS, INSTRUMENTS, book="python")
-    cy = Engine(ASSETS, INSTRUMENTS, book="cython")
+    py = PureEngine(ASSETS, INSTRUMENTS, book="python")
+    cy = engine.Engine(ASSETS, INSTRUMENTS, book="cython")
     assert (py.book_implementation, cy.book_implementation) == ("python", "cython")
+    assert (py.core_implementation, cy.core_implementation) == ("python", engine.CORE_IMPLEMENTATION)
+    others = [cy]
+    if engine.CORE_IMPLEMENTATION == "cython":      # the compiled core on the Python book
+        others.append(engine.Engine(ASSETS, INSTRUMENTS, book="python"))
     gen = RandomCommands(seed, py)
     gen.owners = {}
     trades = 0
     for k in range(n_commands):
         cmd = gen.next()
-        a, b = py.submit(cmd), cy.submit(cmd)
-        ea, eb = encode(a), encode(b)
-        assert ea == eb, f"command {k} {cmd!r}:\npython {a!r}\ncython {b!r}"
+        a = py.submit(cmd)
+        ea = encode(a)
+        for other in others:
+            b = other.submit(cmd)
+            assert ea == encode(b), (f"command {k} {cmd!r}:\npython {a!r}\n"
+                                     f"{other.core_implementation} core, {other.book_implementation} book {b!r}")
         gen.observe(a)
         trades += sum(type(e).__name__ == "Trade" for e in a)
         if k % check_every == 0:
-            py.validate()
-            cy.validate()
+            for eng in (py, *others):
+                eng.validate()
+    for eng in others:
+        eng.validate()
+        assert eng.snapshot() == py.snapshot()
+        assert eng.state_hash() == py.state_hash()
     py.validate()
-    cy.validate()
-    assert py.snapshot() == cy.snapshot()
-    assert py.state_hash() == cy.state_hash()
     return py, cy, trades
 
 
@@ -719,8 +732,8 @@ def test_engine_python_and_cython_emit_identical_events(seed):
     assert trades > 200                     # the stream really trades
     # restore on the other book continues identically
     snap = cy.snapshot()
-    py2 = Engine.restore(snap, book="python")
-    cy2 = Engine.restore(snap, book="cython")
+    py2 = PureEngine.restore(snap, book="python")
+    cy2 = engine.Engine.restore(snap, book="cython")
     assert py2.snapshot() == cy2.snapshot() == snap
     gen = RandomCommands(seed + 100, py2)
     gen.n = 10**6
@@ -748,10 +761,10 @@ def test_auto_picks_cython_and_pure_python_env_forces_python(monkeypatch):
     from engine import core
     monkeypatch.delenv("EXCHANGE_PURE_PYTHON", raising=False)
     assert core.default_book() == "cython"
-    assert Engine(ASSETS, INSTRUMENTS).book_implementation == "cython"
+    assert engine.Engine(ASSETS, INSTRUMENTS).book_implementation == "cython"
     monkeypatch.setenv("EXCHANGE_PURE_PYTHON", "1")
     assert core.default_book() == "python"
-    assert Engine(ASSETS, INSTRUMENTS).book_implementation == "python"
+    assert engine.Engine(ASSETS, INSTRUMENTS).book_implementation == "python"
 
 
 # ============================================================ kernel structure
@@ -857,7 +870,8 @@ def test_depth_levels_must_be_an_int():
     assert t.depth(0, True) == ([(5, 1)], [])
 
 
-# The benchmark mixes through both engines, event for event: 1,000,000 flow
+# The benchmark mixes through the pure-Python engine and the accelerated one
+# (compiled core when built, Cython book), event for event: 1,000,000 flow
 # commands in all (plus each stream's deposits and prefill), compared byte for
 # byte command by command, with the books' state compared at the end.
 MIX_RUNS = [("exchange_core", 1, 200_000), ("exchange_core", 2, 200_000),
@@ -874,8 +888,8 @@ def test_benchmark_mixes_identical_events_on_both_books(mix, seed, n):
     symbols = 2 if mix == "full" else 1
     cmds = generate(mix, n, seed=seed, symbols=symbols, oracle_book="cython")
     assets, instruments = market_config(symbols)
-    py = Engine(assets, instruments, book="python", max_open_orders=100_000)
-    cy = Engine(assets, instruments, book="cython", max_open_orders=100_000)
+    py = PureEngine(assets, instruments, book="python", max_open_orders=100_000)
+    cy = engine.Engine(assets, instruments, book="cython", max_open_orders=100_000)
     trades = 0
     for cmd in cmds:
         a, b = encode(py.submit(cmd)), encode(cy.submit(cmd))

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.flow import generate, market_config
-from support import BOOKS
-from engine import Engine
+from support import BOOKS, engine_class
 from engine.messages import decode_events, encode
 
 N = 12_000
@@ -19,7 +18,7 @@ def stream():
 
 def run(cmds, book, engine=None):
     assets, instruments = market_config(2)
-    eng = engine or Engine(assets, instruments, book=book, max_open_orders=100_000)
+    eng = engine or engine_class(book)(assets, instruments, book=book, max_open_orders=100_000)
     out = [encode(eng.submit(c)) for c in cmds]
     return eng, out
 
@@ -36,7 +35,7 @@ def test_snapshot_restore_in_the_middle_changes_nothing(stream, book):
     whole, expected = run(stream, book)
     half = len(stream) // 2
     first, head = run(stream[:half], book)
-    restored = Engine.restore(first.snapshot(), book=book)
+    restored = engine_class(book).restore(first.snapshot(), book=book)
     assert restored.state_hash() == first.state_hash()
     restored.validate()
     _, tail = run(stream[half:], book, engine=restored)
@@ -51,7 +50,7 @@ def test_books_give_identical_bytes(stream):
     assert a == b
     assert py.state_hash() == cy.state_hash()
     # a snapshot from one book restores into the other
-    assert Engine.restore(py.snapshot(), book="cython").state_hash() == py.state_hash()
+    assert engine_class("cython").restore(py.snapshot(), book="cython").state_hash() == py.state_hash()
 
 
 def test_events_round_trip_through_the_codec(stream):

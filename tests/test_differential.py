@@ -13,8 +13,7 @@ import random
 
 import pytest
 
-from support import ASSETS, SYMBOL, instrument, of
-from engine import Engine
+from support import ASSETS, SYMBOL, engine_class, instrument, of
 from engine.messages import Accepted, CancelOrder, Cancelled, Deposit, PlaceOrder, Trade
 
 
@@ -70,7 +69,7 @@ class SlowMatcher:
 
 def run_stream(book, seed, n):
     rnd = random.Random(seed)
-    eng = Engine(ASSETS, [instrument()], book=book, max_open_orders=10**6)
+    eng = engine_class(book)(ASSETS, [instrument()], book=book, max_open_orders=10**6)
     accounts = list(range(2, 12))
     for a in accounts:
         eng.submit(Deposit(a, "USD", 10**14))

@@ -16,8 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from support import ASSETS, BOOKS, SYMBOL, instrument, of
-from engine import Engine
+from support import ASSETS, BOOKS, SYMBOL, engine_class, instrument, of
 from engine.messages import (Accepted, Adjust, CancelOrder, Cancelled, Deposit, Halt, PlaceOrder, Replaced,
                              ReplaceOrder, Resume, Trade, Triggered, Withdraw)
 
@@ -122,7 +121,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     @initialize()
     def setup(self):
-        self.eng = Engine(ASSETS, [instrument()], book=self.book, max_open_orders=50)
+        self.eng = engine_class(self.book)(ASSETS, [instrument()], book=self.book, max_open_orders=50)
         self.known_ids = []
         for a in ACCOUNTS:
             self.eng.submit(Deposit(a, "USD", 20_000))
@@ -138,7 +137,7 @@ class EngineMachine(RuleBasedStateMachine):
     @invariant()
     def restorable(self):
         if self.eng.seq % 25 == 0:
-            assert Engine.restore(self.eng.snapshot(), book=self.book).state_hash() == self.eng.state_hash()
+            assert engine_class(self.book).restore(self.eng.snapshot(), book=self.book).state_hash() == self.eng.state_hash()
 
 
 _examples = int(os.environ.get("EXCHANGE_PROPERTY_EXAMPLES", "150"))
@@ -155,7 +154,7 @@ def test_long_full_mix_stream_keeps_every_invariant(book):
     from benchmarks.flow import generate, market_config
     cmds = generate("full", 6_000, seed=11, accounts=20, prefill=200)
     assets, instruments = market_config()
-    eng = Engine(assets, instruments, book=book, max_open_orders=100_000)
+    eng = engine_class(book)(assets, instruments, book=book, max_open_orders=100_000)
     for i, c in enumerate(cmds):
         if i % 50 == 0:
             eng.validate()

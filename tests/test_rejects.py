@@ -10,8 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support import ASSETS, SYMBOL, instrument, of
-from engine import Engine
+from support import ASSETS, SYMBOL, engine_class, instrument, of
 from engine import reasons as R
 from engine.core import _Snapshot
 from engine.messages import (Accepted, Adjust, CancelOrder, Deposit, Halt, PlaceOrder, Rejected,
@@ -62,7 +61,7 @@ def test_every_reject_reason_has_a_case():
 
 
 def fresh(book):
-    eng = Engine(ASSETS, [instrument(min_notional=50)], book=book, max_open_orders=3)
+    eng = engine_class(book)(ASSETS, [instrument(min_notional=50)], book=book, max_open_orders=3)
     for account in (2, 3):
         eng.submit(Deposit(account, "USD", 1_000_000))
         eng.submit(Deposit(account, "ABC", 1_000))

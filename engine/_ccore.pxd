@@ -1,0 +1,45 @@
+# Augmenting declarations for engine/core.py when Cython compiles it into
+# engine._ccore (setup.py).  They change how the compiled module stores and
+# calls things, never what it computes: the classes become extension types
+# (attributes in C slots instead of instance dicts) and the internal helpers
+# C-level methods.  Values stay Python objects, integers stay Python ints, so
+# the compiled engine behaves exactly as the source (the differential tests
+# compare the two event for event).  The pure-Python run ignores this file.
+
+cdef bint _is_id(object value)
+cdef object _flags(object post_only, object stp)
+
+cdef class _Stop:
+    cdef public object order_id, account, market, side, type, tif, price, qty, quote_qty
+    cdef public object stop_price, stp, client_order_id, reserve
+
+cdef class _Taker:
+    cdef public object order_id, account, side, limit, qty, quote_only, budget, locked
+    cdef public object fee_numer, can_rest, stp, flags, market_order
+
+cdef class Engine:
+    cdef public object assets, instruments, max_open_orders
+    cdef public object book_implementation, core_implementation
+    cdef public object _asset_index, _asset_names, _markets, _market_by_symbol, _book, _bal
+    cdef public object _seq, _next_order_id, _next_trade_id
+    cdef public object _stops, _buy_stops, _sell_stops
+    cdef public object _open_count, _cid_to_order, _order_cid, _ev, _handlers
+
+    cdef _reject(self, account, client_order_id, reason, order_id=*)
+    cdef _reject_amend(self, account, order_id, reason)
+    cdef _balances(self, account)
+    cdef _transfer(self, asset, amount, source, source_locked, target, target_locked, kind,
+                   order_id=*, trade_id=*, ref=*)
+    cdef _resting_reserve(self, m, side, price, qty, fee_numer)
+    cpdef _register(self, order_id, account, cid)     # cpdef: restore() calls it on the
+    cpdef _add_stop(self, _Stop stop)                 # engine it builds, as Python does
+    cdef _close(self, order_id, account)
+    cdef _discard_stop(self, _Stop stop)
+    cdef _set_limits(self, _Taker t, m, is_market, tif, price, quote_qty)
+    cdef _take(self, m, _Taker t)
+    cdef _settle(self, m, _Taker t, records)
+    cdef _release_resting(self, m, order_id, account, buys, price, qty_before, fee_numer,
+                          qty_after)
+    cdef _run_stops(self, m)
+    cdef _money_args(self, c, min_account)
+    cdef _supply_room(self, asset)
