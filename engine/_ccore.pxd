@@ -6,8 +6,19 @@
 # the compiled engine behaves exactly as the source (the differential tests
 # compare the two event for event).  The pure-Python run ignores this file.
 
+cimport cython
+
 cdef bint _is_id(object value)
 cdef object _flags(object post_only, object stp)
+cpdef fee_charged(fee_numer)
+cpdef buy_reserve(price, qty, fee_numer, unit, reserve_bps)
+cpdef budget_notional(budget, taker_bps)
+
+
+cdef class Market:
+    cdef public object index, instrument, symbol, base, quote, base_name, quote_name
+    cdef public object notional_unit, base_unit, min_qty, max_qty, max_price, min_notional
+    cdef public object maker_bps, taker_bps, reserve_bps, halted, last_price
 
 cdef class _Stop:
     cdef public object order_id, account, market, side, type, tif, price, qty, quote_qty
@@ -23,23 +34,37 @@ cdef class Engine:
     cdef public object _asset_index, _asset_names, _markets, _market_by_symbol, _book, _bal
     cdef public object _seq, _next_order_id, _next_trade_id
     cdef public object _stops, _buy_stops, _sell_stops
-    cdef public object _open_count, _cid_to_order, _order_cid, _ev, _handlers
+    cdef public object _open_count, _cid_to_order, _order_cid, _ev
 
     cdef _reject(self, account, client_order_id, reason, order_id=*)
     cdef _reject_amend(self, account, order_id, reason)
     cdef _balances(self, account)
     cdef _transfer(self, asset, amount, source, source_locked, target, target_locked, kind,
                    order_id=*, trade_id=*, ref=*)
-    cdef _resting_reserve(self, m, side, price, qty, fee_numer)
+    cdef _resting_reserve(self, Market m, side, price, qty, fee_numer)
     cpdef _register(self, order_id, account, cid)     # cpdef: restore() calls it on the
     cpdef _add_stop(self, _Stop stop)                 # engine it builds, as Python does
     cdef _close(self, order_id, account)
     cdef _discard_stop(self, _Stop stop)
-    cdef _set_limits(self, _Taker t, m, is_market, tif, price, quote_qty)
-    cdef _take(self, m, _Taker t)
-    cdef _settle(self, m, _Taker t, records)
-    cdef _release_resting(self, m, order_id, account, buys, price, qty_before, fee_numer,
+    cdef _set_limits(self, _Taker t, Market m, is_market, tif, price, quote_qty)
+    cdef _take(self, Market m, _Taker t)
+    cdef _settle(self, Market m, _Taker t, records)
+    cdef _release_resting(self, Market m, order_id, account, buys, price, qty_before, fee_numer,
                           qty_after)
-    cdef _run_stops(self, m)
+    cdef _run_stops(self, Market m)
+    # the commands (submit dispatches on the exact type)
+    @cython.locals(m=Market)
+    cdef _place(self, c)
+    @cython.locals(m=Market, stop=_Stop)
+    cdef _cancel(self, c)
+    @cython.locals(m=Market, stop=_Stop)
+    cdef _replace(self, c)
+    cdef _deposit(self, c)
+    cdef _withdraw(self, c)
+    cdef _adjust(self, c)
+    @cython.locals(m=Market)
+    cdef _halt(self, c)
+    @cython.locals(m=Market)
+    cdef _resume(self, c)
     cdef _money_args(self, c, min_account)
     cdef _supply_room(self, asset)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import os
+from decimal import Decimal
 
 import msgspec
 from sortedcontainers import SortedList
@@ -33,7 +34,7 @@ from .book import (BUY, FILL, INT64_MAX, MAKER_CANCELLED, MAKER_DECREMENTED, NO_
                    STP_CANCEL_BOTH, STP_CANCEL_NEWEST, STP_CANCEL_OLDEST, STP_DECREMENT,
                    TAKER_CANCELLED)
 from .book import Book as PyBook
-from .domain import BPS, Asset, Instrument, Market, budget_notional, buy_reserve, fee_charged
+from .domain import BPS, DEFAULT_MAX_PRICE_TICKS, Asset, Instrument, _whole
 from .messages import (Accepted, Adjust, Adjusted, CancelOrder, Cancelled, Deposit, Halt, Halted,
                        PlaceOrder, Rejected, ReplaceOrder, Replaced, Resume, Resumed, Trade,
                        Transfer, Triggered, Withdraw)
@@ -100,6 +101,85 @@ def _book_class(book: str):
                                "(pip install -e . with Cython and a C compiler)")
         return CBook
     raise ValueError(f"book must be 'auto', 'python' or 'cython', not {book!r}")
+
+
+# ================================================================ markets and fees
+class Market:
+    """An instrument resolved against its assets: every limit an exact int.
+
+    Built once at engine load; refuses configurations that cannot be exact or
+    could overflow int64.  Mutable state: ``halted`` and ``last_price``.
+    """
+    __slots__ = ("index", "instrument", "symbol", "base", "quote", "base_name", "quote_name",
+                 "notional_unit", "base_unit", "min_qty", "max_qty", "max_price", "min_notional",
+                 "maker_bps", "taker_bps", "reserve_bps", "halted", "last_price")
+
+    def __init__(self, index: int, instrument: Instrument, asset_index: dict[str, int],
+                 assets: list[Asset]):
+        ins = instrument
+        if ins.base not in asset_index or ins.quote not in asset_index:
+            raise ValueError(f"{ins.symbol}: unknown asset {ins.base if ins.base not in asset_index else ins.quote}")
+        base, quote = assets[asset_index[ins.base]], assets[asset_index[ins.quote]]
+        self.index = index
+        self.instrument = ins
+        self.symbol = ins.symbol
+        self.base = asset_index[ins.base]
+        self.quote = asset_index[ins.quote]
+        self.base_name = ins.base
+        self.quote_name = ins.quote
+        tick, lot = Decimal(ins.price_tick), Decimal(ins.qty_lot)
+        self.notional_unit = _whole((tick * lot).scaleb(quote.scale),
+                                    f"{ins.symbol}: price_tick*qty_lot in {quote.name} minor units")
+        self.base_unit = _whole(lot.scaleb(base.scale), f"{ins.symbol}: qty_lot in {base.name} minor units")
+        if self.notional_unit < 1 or self.base_unit < 1:
+            raise ValueError(f"{ins.symbol}: tick and lot must be at least one minor unit")
+        self.maker_bps = ins.maker_fee_bps
+        self.taker_bps = ins.taker_fee_bps
+        self.reserve_bps = max(ins.maker_fee_bps, ins.taker_fee_bps)
+        # The largest notional an order may have: its buy reservation (notional
+        # plus the worst-case fee) must fit in int64.
+        notional_cap = INT64_MAX * BPS // (BPS + self.reserve_bps)
+        qty_cap = INT64_MAX // self.base_unit
+        max_price, max_qty = ins.max_price, ins.max_qty
+        if max_price is None:
+            per_lot = self.notional_unit * (max_qty if max_qty is not None else ins.min_qty)
+            max_price = min(DEFAULT_MAX_PRICE_TICKS, notional_cap // per_lot)
+        if max_qty is None:
+            max_qty = min(qty_cap, notional_cap // (max_price * self.notional_unit))
+        if max_price < 1 or max_qty < ins.min_qty:
+            raise ValueError(f"{ins.symbol}: no quantity in min_qty..max_qty fits int64 at max_price")
+        if max_qty > qty_cap or max_price * max_qty * self.notional_unit > notional_cap:
+            raise ValueError(f"{ins.symbol}: max_price * max_qty notional (plus fees) exceeds int64")
+        self.max_price = max_price
+        self.max_qty = max_qty
+        self.min_qty = ins.min_qty
+        self.min_notional = ins.min_notional
+        self.halted = False
+        self.last_price = 0          # 0: no trade yet
+
+
+# ------------------------------------------------------------------ fees
+# An order's fee state is the exact numerator sum(notional_i * bps_i) over its
+# fills; the fee charged so far is ceil(numerator / BPS).  A fill is charged the
+# difference, so rounding happens once on the cumulative amount and mixed maker
+# and taker fills never cost more than the reservation at the larger rate.
+
+def fee_charged(fee_numer: int) -> int:
+    return -(-fee_numer // BPS)
+
+
+def buy_reserve(price: int, qty: int, fee_numer: int, unit: int, reserve_bps: int) -> int:
+    """Quote minor units a buy order must hold for ``qty`` more lots at ``price``:
+    the notional plus the worst-case rise of its cumulative fee."""
+    notional = price * qty * unit
+    # notional + fee_charged(fee_numer + notional * reserve_bps) - fee_charged(fee_numer),
+    # written out: this runs on every buy placed or moved
+    return notional - (-(fee_numer + notional * reserve_bps) // BPS) + (-fee_numer // BPS)
+
+
+def budget_notional(budget: int, taker_bps: int) -> int:
+    """The largest notional N with N + ceil(N * bps / BPS) <= budget."""
+    return budget * BPS // (BPS + taker_bps)
 
 
 class _Stop:
@@ -187,11 +267,6 @@ class Engine:
         self._cid_to_order: dict[int, dict[str, int]] = {}
         self._order_cid: dict[int, str] = {}
         self._ev: list = []
-        self._handlers = {
-            PlaceOrder: self._place, CancelOrder: self._cancel, ReplaceOrder: self._replace,
-            Deposit: self._deposit, Withdraw: self._withdraw, Adjust: self._adjust,
-            Halt: self._halt, Resume: self._resume,
-        }
 
     # ================================================================ public
     @property
@@ -203,11 +278,25 @@ class Engine:
         """Apply one command; return the events it caused (all with its seq)."""
         self._seq += 1
         self._ev = ev = []
-        handler = self._handlers.get(type(command))
-        if handler is None:
-            ev.append(Rejected(self._seq, 0, "", R.INVALID_COMMAND))
+        kind = type(command)        # exact types: a subclass is not a command we know
+        if kind is PlaceOrder:
+            self._place(command)
+        elif kind is CancelOrder:
+            self._cancel(command)
+        elif kind is ReplaceOrder:
+            self._replace(command)
+        elif kind is Deposit:
+            self._deposit(command)
+        elif kind is Withdraw:
+            self._withdraw(command)
+        elif kind is Adjust:
+            self._adjust(command)
+        elif kind is Halt:
+            self._halt(command)
+        elif kind is Resume:
+            self._resume(command)
         else:
-            handler(command)
+            ev.append(Rejected(self._seq, 0, "", R.INVALID_COMMAND))
         return ev
 
     def balance(self, account: int, asset: str) -> tuple[int, int]:

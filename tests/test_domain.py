@@ -4,7 +4,8 @@ from decimal import Decimal
 import pytest
 
 from engine import Asset, Engine, Instrument
-from engine.domain import INT64_MAX, budget_notional, buy_reserve, fee_charged
+from engine.core import budget_notional, buy_reserve, fee_charged
+from engine.domain import INT64_MAX
 
 
 def test_asset_converts_exactly_and_refuses_sub_minor_amounts():
