@@ -9,7 +9,7 @@ exactly the same work (checked: equal results and equal final books).
 * throughput: each phase timed as one loop over pre-built arguments, best of
   --repeat runs (add; cancel = remove of a uniformly random resting order;
   match = an aggressive order taking the top, 1-2 makers on average; move =
-  remove + add of the same order at a new price; mixed = 30% add / 30% cancel
+  ``move`` of a resting order to a new price, as the engine replaces; mixed = 30% add / 30% cancel
   / 25% move / 15% match);
 * latency: a second replay timing every call with perf_counter_ns (the
   timer's own cost is shown and not subtracted);
@@ -126,14 +126,15 @@ class Flow:
         return args
 
     def move(self):
-        """Replace at a new price (loses priority): remove + add, same id."""
+        """Replace at a new price (loses priority; never crosses here)."""
         self._tick()
         m = self.model
         oid = self.live[self.r.randrange(len(self.live))]
-        instrument, account, side, _, qty, fee, flags = m.remove(oid)
-        args = (instrument, oid, account, side, self._price(side), qty, fee, flags)
-        m.add(*args)
-        return (oid, args)
+        _, _, side, _, qty, _, _ = m.get(oid)
+        args = (oid, self._price(side), qty)
+        if not m.move(*args):
+            raise RuntimeError(f"move {args} crossed")
+        return args
 
     def mixed(self, n):
         out = []
@@ -184,12 +185,11 @@ def _run_phase(book, phase, ops):
             n += len(match(*a))
         return n
     if phase == "move":
-        remove, add = book.remove, book.add
-        for oid, a in ops:
-            remove(oid)
-            add(*a)
+        move = book.move
+        for a in ops:
+            move(*a)
         return len(book)
-    remove, add, match = book.remove, book.add, book.match
+    remove, add, match, move = book.remove, book.add, book.match, book.move
     n = 0
     for kind, a in ops:
         if kind == 0:
@@ -199,8 +199,7 @@ def _run_phase(book, phase, ops):
         elif kind == 2:
             n += len(match(*a))
         else:
-            remove(a[0])
-            add(*a[1])
+            move(*a)
     return n + len(book)
 
 
@@ -243,7 +242,7 @@ def latencies(cls, prefill, work):
                 elif phase == "match":
                     t0 = clock(); book.match(*op); t1 = clock()
                 elif phase == "move":
-                    t0 = clock(); book.remove(op[0]); book.add(*op[1]); t1 = clock()
+                    t0 = clock(); book.move(*op); t1 = clock()
                 else:
                     kind, a = op
                     t0 = clock()
@@ -254,8 +253,7 @@ def latencies(cls, prefill, work):
                     elif kind == 2:
                         book.match(*a)
                     else:
-                        book.remove(a[0])
-                        book.add(*a[1])
+                        book.move(*a)
                     t1 = clock()
                 record(t1 - t0)
     finally:

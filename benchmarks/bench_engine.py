@@ -96,7 +96,7 @@ def latencies(config, setup, flow):
     return np.percentile(out, [50, 99, 99.9]) / 1000.0     # microseconds
 
 
-BOOK_CALLS = ("add", "remove", "get", "match", "crosses", "reduce", "set_fee", "can_fill",
+BOOK_CALLS = ("add", "remove", "get", "match", "crosses", "move", "reduce", "set_fee", "can_fill",
               "best_bid", "best_ask")
 
 

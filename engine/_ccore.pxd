@@ -39,8 +39,9 @@ cdef class Engine:
     cdef _reject(self, account, client_order_id, reason, order_id=*)
     cdef _reject_amend(self, account, order_id, reason)
     cdef _balances(self, account)
-    cdef _transfer(self, asset, amount, source, source_locked, target, target_locked, kind,
-                   order_id=*, trade_id=*, ref=*)
+    @cython.locals(sb=list, tb=list, si=Py_ssize_t, ti=Py_ssize_t)
+    cdef _transfer(self, Py_ssize_t asset, amount, source, bint source_locked, target,
+                   bint target_locked, kind, order_id=*, trade_id=*, ref=*)
     cdef _resting_reserve(self, Market m, side, price, qty, fee_numer)
     cpdef _register(self, order_id, account, cid)     # cpdef: restore() calls it on the
     cpdef _add_stop(self, _Stop stop)                 # engine it builds, as Python does

@@ -138,6 +138,22 @@ class Book:
         self._unlink(o)
         return o.record()
 
+    def move(self, order_id: int, price: int, qty: int) -> bool:
+        """Re-queue a resting order at ``price`` with ``qty`` open lots, behind
+        the orders already there (it loses its time priority), unless an order
+        at ``price`` would trade on arrival: then it is only taken off the book.
+        True when it rests at its new place, False when it was taken off (the
+        caller matches it).  KeyError for an id that is not resting."""
+        o = self._orders[order_id]
+        assert qty > 0, qty
+        assert price > 0, price
+        del self._orders[order_id]
+        self._unlink(o)
+        if self.crosses(o.instrument, o.side, price):
+            return False
+        self.add(o.instrument, order_id, o.account, o.side, price, qty, o.fee_numer, o.flags)
+        return True
+
     def reduce(self, order_id: int, qty: int) -> None:
         """Lower an order's open quantity in place, keeping its time priority."""
         o = self._orders[order_id]

@@ -867,15 +867,14 @@ class Engine:
             asset = m.base
         if extra > self._bal[account][2 * asset]:
             return self._reject_amend(account, order_id, R.INSUFFICIENT_FUNDS)
-        self._book.remove(order_id)
         self._ev.append(Replaced(seq, order_id, account, new_price, new_qty, False))
         if extra > 0:
             self._transfer(asset, extra, account, False, account, True, "lock", order_id)
         elif extra < 0:
             self._transfer(asset, -extra, account, True, account, False, "unlock", order_id)
-        if not self._book.crosses(instrument, side, new_price):
-            self._book.add(instrument, order_id, account, side, new_price, new_qty, fee_numer, flags)
-            return
+        if self._book.move(order_id, new_price, new_qty):
+            return          # rests at the back of its new level
+        # it crosses at the new price: off the book, it matches like a new order
         t = _Taker()
         t.order_id, t.account, t.side, t.qty, t.limit = order_id, account, side, new_qty, new_price
         t.locked, t.fee_numer, t.stp, t.flags = new_reserve, fee_numer, flags >> 1, flags

@@ -622,18 +622,13 @@ cdef class Book:
         cdef int64_t instrument = _i64(instrument_), order_id = _i64(order_id_)
         cdef int64_t account = _i64(account_), side = _i64(side_), price = _i64(price_)
         cdef int64_t qty = _i64(qty_), flags64 = _i64(flags_)
-        cdef int32_t flags
-        cdef int64_t fee_whole, key
-        cdef int32_t fee_frac, pos, li, slot
-        cdef Side *sd
-        cdef Level *lv
-        cdef Order *o
+        cdef int64_t fee_whole
+        cdef int32_t fee_frac
         if side != 0 and side != 1:
             raise IndexError(f"side must be BUY (0) or SELL (1), not {side}")
         if not (-2147483648 <= flags64 <= 2147483647):
             raise OverflowError(f"flags must fit int32: {flags64}")
-        flags = <int32_t>flags64
-        sd = self._side(instrument, side)
+        self._side(instrument, side)
         if self._find(order_id) != NIL:
             raise AssertionError(order_id)
         if qty <= 0:
@@ -644,6 +639,47 @@ cdef class Book:
         # every allocation first: a MemoryError leaves the book as it was
         self._reserve_order()
         self._reserve_index()
+        self._link(instrument, order_id, account, side, price, qty, fee_whole, fee_frac,
+                   <int32_t>flags64)
+
+    def move(self, order_id, price_, qty_):
+        """Re-queue a resting order at ``price`` with ``qty`` open lots, behind
+        the orders already there (it loses its time priority), unless an order
+        at ``price`` would trade on arrival: then it is only taken off the book.
+        True when it rests at its new place, False when it was taken off (the
+        caller matches it).  KeyError for an id that is not resting."""
+        cdef int32_t slot = self._slot_or_keyerror(order_id)
+        cdef int64_t price = _i64(price_), qty = _i64(qty_)
+        cdef Order *o = &self.orders[slot]
+        cdef int32_t sidx = self.lvls[o.level].side
+        cdef int64_t instrument = sidx >> 1, side = sidx & 1
+        cdef int64_t oid = o.order_id, account = o.account, fee_whole = o.fee_whole
+        cdef int32_t fee_frac = o.fee_frac, flags = o.flags
+        cdef Side *opp
+        if qty <= 0:
+            raise AssertionError(qty)
+        if price <= 0:
+            raise AssertionError(price)
+        # room for a new level first; the slot and the index entry _unlink frees
+        # are the ones _link takes back: nothing can fail once the order is out
+        self._reserve_level(&self.sides[sidx])
+        self._unlink(slot)
+        opp = &self.sides[sidx ^ 1]
+        if opp.n and (opp.keys[opp.n - 1] >= price if side else -opp.keys[opp.n - 1] <= price):
+            return False
+        self._link(instrument, oid, account, side, price, qty, fee_whole, fee_frac, flags)
+        return True
+
+    cdef int _link(self, int64_t instrument, int64_t order_id, int64_t account, int64_t side,
+                   int64_t price, int64_t qty, int64_t fee_whole, int32_t fee_frac,
+                   int32_t flags) except -1:
+        """Append a validated order to the back of its level (creating the level);
+        the caller has reserved an order slot and an index entry."""
+        cdef Side *sd = &self.sides[2 * instrument + side]
+        cdef int64_t key
+        cdef int32_t pos, li, slot
+        cdef Level *lv
+        cdef Order *o
         key = price if side == 0 else -price
         if sd.n and sd.keys[sd.n - 1] == key:
             li = sd.levels[sd.n - 1]
@@ -695,6 +731,7 @@ cdef class Book:
         lv.count += 1
         self.n_orders += 1
         self._hinsert(order_id, slot)
+        return 0
 
     def remove(self, order_id):
         """Take an order off the book; returns its record (see ``get``) or None."""

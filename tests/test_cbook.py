@@ -223,6 +223,14 @@ class RandomBookOps:
             rec = t.remove(oid)
             if rec is not None:
                 self._forget(oid)
+        elif x < 0.58:
+            oid = self._some_live() if r.random() < 0.95 else r.choice((0, 2**62 + 7, "x"))
+            if oid is None:
+                return
+            i = t.py.get(oid)[0] if oid in self.live_set else 0
+            price = self._price(i) if r.random() < 0.9 else r.choice((0, 1, self.mid[i] + 1000))
+            if t.move(oid, price, self._qty()) is False:       # crossed: off the book
+                self._forget(oid)
         elif x < 0.62:
             oid = self._some_live()
             if oid is not None:
@@ -306,6 +314,7 @@ _op = st.one_of(
               st.integers(1, 9), st.integers(2, 4)),
     st.tuples(st.just("remove"), st.integers(0, 50)),
     st.tuples(st.just("reduce"), st.integers(0, 50), st.integers(1, 9)),
+    st.tuples(st.just("move"), st.integers(0, 50), st.integers(0, 14), st.integers(0, 9)),
     st.tuples(st.just("set_fee"), st.integers(0, 50), st.integers(-2**63 * 10_000, (2**63 - 1) * 10_000 + 9_999)),
     st.tuples(st.just("match"), st.integers(0, 1), st.integers(0, 1), st.integers(0, 14),
               st.integers(1, 40), st.one_of(st.just(NO_BUDGET), st.integers(0, 400)),
@@ -335,7 +344,7 @@ def test_differential_hypothesis(ops):
             t.add(i, next_id, account, side, price, qty, next_id * 7, next_id % 8)
             live.append(next_id)
             next_id += 1
-        elif kind in ("remove", "reduce", "set_fee"):
+        elif kind in ("remove", "reduce", "set_fee", "move"):
             if not live:
                 continue
             oid = live[op[1] % len(live)]
@@ -348,6 +357,9 @@ def test_differential_hypothesis(ops):
                 live.remove(oid)
             elif kind == "reduce":
                 t.reduce(oid, min(op[2], t.py.get(oid)[4]))
+            elif kind == "move":
+                if t.move(oid, op[2], op[3]) is False:
+                    live.remove(oid)
             else:
                 t.set_fee(oid, op[2])
         elif kind == "match":
@@ -859,6 +871,27 @@ def test_long_fifo_at_one_level_stays_fast():
     assert time.perf_counter() - t0 < 10.0        # ~0.1 s; quadratic would take minutes
     assert len(b) == 0
     b.validate()
+
+
+@needs_kernel
+def test_move_requeues_or_takes_off_and_refuses_bad_input():
+    t = Twin(1)
+    t.add(0, 1, 2, ref.BUY, 10, 5, 7, 3)
+    t.add(0, 2, 3, ref.BUY, 10, 4, 0, 0)
+    t.add(0, 3, 4, ref.SELL, 20, 6, 0, 2)
+    assert t.move(1, 10, 8) is True                 # same price: behind order 2
+    assert [row[0] for row in t.py.dump(0)] == [2, 1, 3]
+    assert t.get(1) == (0, 2, ref.BUY, 10, 8, 7, 3)  # account, fee and flags kept
+    assert t.move(1, 12, 8) is True                 # a new level
+    assert t.depth(0, 5) == ([(12, 8), (10, 4)], [(20, 6)])
+    assert t.move(1, 20, 8) is False                # would trade: taken off only
+    assert t.get(1) is None and len(t) == 2
+    assert t.move(3, 10, 6) is False                # a sell moved onto the bid
+    assert t.depth(0, 5) == ([(10, 4)], [])
+    for bad in ((1, 10, 1), (99, 10, 1), ("x", 10, 1), (2, 0, 1), (2, 10, 0), (2, -5, 1)):
+        t.move(*bad)                                # KeyError / AssertionError on both
+    assert t.get(2) == (0, 3, ref.BUY, 10, 4, 0, 0)  # a refused move changes nothing
+    t.check(1)
 
 
 @needs_kernel
