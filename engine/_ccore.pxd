@@ -31,10 +31,10 @@ cdef class _Taker:
 cdef class Engine:
     cdef public object assets, instruments, max_open_orders
     cdef public object book_implementation, core_implementation
-    cdef public object _asset_index, _asset_names, _markets, _market_by_symbol, _book, _bal
-    cdef public object _seq, _next_order_id, _next_trade_id
-    cdef public object _stops, _buy_stops, _sell_stops
-    cdef public object _open_count, _cid_to_order, _order_cid, _ev
+    cdef public object _book, _seq, _next_order_id, _next_trade_id
+    cdef public dict _asset_index, _market_by_symbol, _bal, _stops
+    cdef public dict _open_count, _cid_to_order, _order_cid
+    cdef public list _asset_names, _markets, _buy_stops, _sell_stops, _ev
 
     cdef _reject(self, account, client_order_id, reason, order_id=*)
     cdef _reject_amend(self, account, order_id, reason)
