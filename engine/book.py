@@ -138,6 +138,15 @@ class Book:
         self._unlink(o)
         return o.record()
 
+    def rest(self, instrument: int, order_id: int, account: int, side: int, price: int,
+             qty: int, fee_numer: int, flags: int) -> bool:
+        """``add`` unless an order at ``price`` would trade on arrival: True when
+        it rests, False (the book unchanged) when it crosses."""
+        if self.crosses(instrument, side, price):
+            return False
+        self.add(instrument, order_id, account, side, price, qty, fee_numer, flags)
+        return True
+
     def move(self, order_id: int, price: int, qty: int) -> bool:
         """Re-queue a resting order at ``price`` with ``qty`` open lots, behind
         the orders already there (it loses its time priority), unless an order

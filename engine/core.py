@@ -603,10 +603,9 @@ class Engine:
             stop.quote_qty, stop.stop_price, stop.stp = quote_qty, stop_price, stp
             stop.client_order_id, stop.reserve = cid, reserve
             self._add_stop(stop)
-        elif not is_market and tif == "gtc" and not self._book.crosses(m.index, side, price):
-            # rests whole: nothing to match, no price can move
-            self._book.add(m.index, order_id, account, side, price, qty, 0, _flags(post_only, stp))
-            return
+        elif not is_market and tif == "gtc" and self._book.rest(
+                m.index, order_id, account, side, price, qty, 0, _flags(post_only, stp)):
+            return      # rested whole: nothing to match, no price can move
         else:
             t = _Taker()
             t.order_id, t.account, t.side, t.qty = order_id, account, side, qty

@@ -561,12 +561,8 @@ cdef class Book:
     def crosses(self, instrument_, side_, price_):
         """Would an order at ``price`` trade on arrival?"""
         cdef int64_t instrument = _i64(instrument_), side = _i64(side_), price = _i64(price_)
-        cdef Side *sd
-        if side == 0:
-            sd = self._side(instrument, 1)
-            return sd.n != 0 and -sd.keys[sd.n - 1] <= price
-        sd = self._side(instrument, 0)
-        return sd.n != 0 and sd.keys[sd.n - 1] >= price
+        self._side(instrument, 0)
+        return self._crossing(2 * instrument + (side != 0), price)
 
     def depth(self, instrument_, levels):
         """([(price, qty)...] bids best first, [(price, qty)...] asks best first)."""
@@ -619,11 +615,26 @@ cdef class Book:
     # ============================================================ updates
     def add(self, instrument_, order_id_, account_, side_, price_, qty_, fee_numer, flags_):
         """Rest an order at the back of its price level."""
+        self._add(instrument_, order_id_, account_, side_, price_, qty_, fee_numer, flags_, False)
+
+    def rest(self, instrument_, order_id_, account_, side_, price_, qty_, fee_numer, flags_):
+        """``add`` unless an order at ``price`` would trade on arrival: True when
+        it rests, False (the book unchanged) when it crosses."""
+        return self._add(instrument_, order_id_, account_, side_, price_, qty_, fee_numer,
+                         flags_, True)
+
+    cdef bint _add(self, instrument_, order_id_, account_, side_, price_, qty_, fee_numer, flags_,
+                   bint unless_crossing) except -1:
+        """add(), or rest() with ``unless_crossing``: False when it crossed."""
         cdef int64_t instrument = _i64(instrument_), order_id = _i64(order_id_)
         cdef int64_t account = _i64(account_), side = _i64(side_), price = _i64(price_)
         cdef int64_t qty = _i64(qty_), flags64 = _i64(flags_)
         cdef int64_t fee_whole
         cdef int32_t fee_frac
+        if unless_crossing:     # first, as the reference's crosses() then add()
+            self._side(instrument, 0)
+            if self._crossing(2 * instrument + (side != 0), price):
+                return False
         if side != 0 and side != 1:
             raise IndexError(f"side must be BUY (0) or SELL (1), not {side}")
         if not (-2147483648 <= flags64 <= 2147483647):
@@ -641,6 +652,16 @@ cdef class Book:
         self._reserve_index()
         self._link(instrument, order_id, account, side, price, qty, fee_whole, fee_frac,
                    <int32_t>flags64)
+        return True
+
+    cdef inline bint _crossing(self, int32_t sidx, int64_t price) noexcept:
+        """Would an order on side ``sidx`` (2 * instrument + side) at ``price`` trade?"""
+        cdef Side *opp = &self.sides[sidx ^ 1]
+        if opp.n == 0:
+            return False
+        if sidx & 1:        # a sell meets the bids (keys are prices)
+            return opp.keys[opp.n - 1] >= price
+        return -opp.keys[opp.n - 1] <= price      # a buy meets the asks (keys are -prices)
 
     def move(self, order_id, price_, qty_):
         """Re-queue a resting order at ``price`` with ``qty`` open lots, behind
@@ -655,7 +676,6 @@ cdef class Book:
         cdef int64_t instrument = sidx >> 1, side = sidx & 1
         cdef int64_t oid = o.order_id, account = o.account, fee_whole = o.fee_whole
         cdef int32_t fee_frac = o.fee_frac, flags = o.flags
-        cdef Side *opp
         if qty <= 0:
             raise AssertionError(qty)
         if price <= 0:
@@ -664,8 +684,7 @@ cdef class Book:
         # are the ones _link takes back: nothing can fail once the order is out
         self._reserve_level(&self.sides[sidx])
         self._unlink(slot)
-        opp = &self.sides[sidx ^ 1]
-        if opp.n and (opp.keys[opp.n - 1] >= price if side else -opp.keys[opp.n - 1] <= price):
+        if self._crossing(sidx, price):
             return False
         self._link(instrument, oid, account, side, price, qty, fee_whole, fee_frac, flags)
         return True

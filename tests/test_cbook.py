@@ -158,6 +158,14 @@ class RandomBookOps:
         i = r.randrange(self.n) if i is None else i
         side = r.randrange(2) if side is None else side
         price = self._price(i) if price is None else price
+        if r.random() < 0.3:        # rest(): the book itself refuses a crossing price
+            oid = self.next_id
+            self.next_id += 1
+            if t.rest(i, oid, r.choice(self.ACCOUNTS), side, price, self._qty(), self._fee(),
+                      self._flags()):
+                self.live.append(oid)
+                self.live_set.add(oid)
+            return
         if side == ref.BUY:
             ask = t.py.best_ask(i)
             if ask and price >= ask:
@@ -313,6 +321,8 @@ _op = st.one_of(
     st.tuples(st.just("add"), st.integers(0, 1), st.integers(0, 1), st.integers(1, 12),
               st.integers(1, 9), st.integers(2, 4)),
     st.tuples(st.just("remove"), st.integers(0, 50)),
+    st.tuples(st.just("rest"), st.integers(0, 1), st.integers(0, 1), st.integers(1, 12),
+              st.integers(1, 9), st.integers(2, 4)),
     st.tuples(st.just("reduce"), st.integers(0, 50), st.integers(1, 9)),
     st.tuples(st.just("move"), st.integers(0, 50), st.integers(0, 14), st.integers(0, 9)),
     st.tuples(st.just("set_fee"), st.integers(0, 50), st.integers(-2**63 * 10_000, (2**63 - 1) * 10_000 + 9_999)),
@@ -343,6 +353,11 @@ def test_differential_hypothesis(ops):
                 continue
             t.add(i, next_id, account, side, price, qty, next_id * 7, next_id % 8)
             live.append(next_id)
+            next_id += 1
+        elif kind == "rest":
+            _, i, side, price, qty, account = op
+            if t.rest(i, next_id, account, side, price, qty, next_id * 7, next_id % 8):
+                live.append(next_id)
             next_id += 1
         elif kind in ("remove", "reduce", "set_fee", "move"):
             if not live:
@@ -871,6 +886,23 @@ def test_long_fifo_at_one_level_stays_fast():
     assert time.perf_counter() - t0 < 10.0        # ~0.1 s; quadratic would take minutes
     assert len(b) == 0
     b.validate()
+
+
+@needs_kernel
+def test_rest_adds_unless_crossing():
+    t = Twin(2)
+    assert t.rest(0, 1, 2, ref.BUY, 10, 5, 7, 3) is True
+    assert t.rest(0, 2, 3, ref.SELL, 10, 4, 0, 0) is False     # meets the bid: nothing done
+    assert t.rest(0, 2, 3, ref.SELL, 11, 4, 0, 0) is True
+    assert t.rest(0, 3, 3, ref.BUY, 11, 1, 0, 0) is False
+    assert t.rest(1, 3, 3, ref.BUY, 11, 1, 0, 0) is True       # another instrument
+    assert t.depth(0, 5) == ([(10, 5)], [(11, 4)])
+    for bad in ((0, 1, 2, ref.BUY, 9, 1, 0, 0),                # a resting id
+                (0, 9, 2, ref.BUY, 9, 0, 0, 0), (0, 9, 2, ref.BUY, 0, 1, 0, 0),
+                (5, 9, 2, ref.BUY, 9, 1, 0, 0), (0, 9, 2, 7, 20, 1, 0, 0)):
+        t.rest(*bad)                                           # the same error on both
+    assert len(t) == 3
+    t.check(2)
 
 
 @needs_kernel
