@@ -96,29 +96,24 @@ def latencies(config, setup, flow):
     return np.percentile(out, [50, 99, 99.9]) / 1000.0     # microseconds
 
 
-BOOK_CALLS = ("add", "remove", "get", "match", "crosses", "move", "reduce", "set_fee", "can_fill",
-              "best_bid", "best_ask")
-
-
 class _Recorder:
     """Wraps a book and records every call the engine makes on it."""
 
     def __init__(self, book):
         self._book = book
         self.calls: list[tuple[str, tuple]] = []
-        for name in BOOK_CALLS:
-            setattr(self, name, self._recording(name))
 
-    def _recording(self, name):
-        method, calls = getattr(self._book, name), self.calls
+    def __getattr__(self, name):
+        attr = getattr(self._book, name)
+        if not callable(attr):
+            return attr
+        calls = self.calls
 
         def call(*args):
             calls.append((name, args))
-            return method(*args)
+            return attr(*args)
+        setattr(self, name, call)       # found here from now on
         return call
-
-    def __getattr__(self, name):
-        return getattr(self._book, name)
 
 
 def record_book_calls(setup, flow):
@@ -134,19 +129,18 @@ def record_book_calls(setup, flow):
     return rec.calls, start
 
 
+def _noop(*args):
+    return None
+
+
 class _NullBook:
     """Same calls, no work: measures the replay loop itself (the harness)."""
 
     def __init__(self, n_instruments):
         pass
 
-
-def _noop(*args):
-    return None
-
-
-for _name in BOOK_CALLS:
-    setattr(_NullBook, _name, staticmethod(_noop))
+    def __getattr__(self, name):
+        return _noop
 
 
 def replay_book(book, calls, start, repeat):
@@ -159,7 +153,7 @@ def replay_book(book, calls, start, repeat):
         b = cls(1)
         for name, args in calls[:start]:
             getattr(b, name)(*args)
-        bound = {name: getattr(b, name) for name in BOOK_CALLS}
+        bound = {name: getattr(b, name) for name in {name for name, _ in calls}}
         ops = [(bound[name], args) for name, args in calls[start:]]
         gc.collect()
         gc.disable()
