@@ -56,7 +56,8 @@ def demo(argv=None) -> int:
     quote = next(a for a in assets if a.name == ins.quote)
     base = next(a for a in assets if a.name == ins.base)
     print(f"exchange-core demo: {len(cmds):,} commands ({args.mix} mix, seed {args.seed}) "
-          f"on the {eng.book_implementation} book in {dt:.2f}s = {len(cmds) / dt:,.0f} commands/s")
+          f"on the {eng.book_implementation} book ({eng.core_implementation} engine core) in {dt:.2f}s "
+          f"= {len(cmds) / dt:,.0f} commands/s")
     print("events:   " + ", ".join(f"{k} {v:,}" for k, v in kinds.most_common()))
     if rejects:
         print("rejects:  " + ", ".join(f"{k} {v:,}" for k, v in rejects.most_common()))
