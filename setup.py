@@ -68,19 +68,29 @@ class OptionalBuildExt(build_ext):
         self.extensions = built
         if built:
             super().run()
+        # what did not compile is no output of this build (nothing to copy or package)
+        self.extensions = [e for e in self.extensions if e.name not in self.failed]
+
+    failed: set = set()
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as exc:  # a compiler missing or failing
+            self.failed.add(ext.name)
             self._fail([ext.name], f"{type(exc).__name__}: {str(exc)[:300]}")
             return
         if ext.name == "engine._ccore":
             self._stamp(Path(self.get_ext_fullpath(ext.name)).parent)
 
     def copy_extensions_to_source(self):    # editable installs: the modules go beside the source
-        super().copy_extensions_to_source()
-        if any(ext.name == "engine._ccore" for ext in self.extensions):
+        extensions = self.extensions
+        self.extensions = [e for e in extensions if e.name not in self.failed]
+        try:
+            super().copy_extensions_to_source()
+        finally:
+            self.extensions = extensions
+        if any(ext.name == "engine._ccore" for ext in self.extensions if ext.name not in self.failed):
             self._stamp(Path(CORE_SOURCE).parent)
 
     @staticmethod
