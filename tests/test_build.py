@@ -24,6 +24,10 @@ def test_compiled_core_available_when_required():
         assert engine.Engine([], []).core_implementation == "cython"
 
 
+# For a copy of the package: without the editable install's import hook, which
+# would otherwise supply the modules the copy lacks from the checkout.
+ISOLATE = ("import sys; sys.meta_path[:] = [f for f in sys.meta_path "
+           "if not getattr(f, '__module__', '').startswith('__editable__')]; ")
 SHOW = ("import engine; e = engine.Engine([], []); print(engine.__file__); "
         "print(engine.BOOK_IMPLEMENTATION, e.book_implementation, engine.CORE_IMPLEMENTATION, "
         "e.core_implementation, type(e).__module__)")
@@ -48,8 +52,8 @@ def test_compiled_core_from_another_source_is_not_used(tmp_path):
     env.pop("EXCHANGE_PURE_PYTHON", None)
 
     def show():
-        out = subprocess.run([sys.executable, "-c", SHOW], capture_output=True, text=True,
-                             check=True, env=env, cwd=tmp_path)
+        out = subprocess.run([sys.executable, "-c", ISOLATE + SHOW], capture_output=True,
+                             text=True, check=True, env=env, cwd=tmp_path)
         where, rest = out.stdout.splitlines()
         assert where == str(pkg / "__init__.py")       # the copy, not the installed package
         return rest.split(), out.stderr
@@ -70,3 +74,34 @@ def test_auto_picks_cython_when_built():
     e = engine.Engine([], [], book="auto")
     expected = "python" if os.environ.get("EXCHANGE_PURE_PYTHON", "") not in ("", "0") else BOOKS[-1]
     assert e.book_implementation == expected
+
+
+@pytest.mark.parametrize("broken", ["compiler", "cython"])
+def test_build_without_a_working_compiler_or_cython_still_installs(tmp_path, broken):
+    """setup.py's build with a compiler that fails (or no Cython at all): it
+    succeeds with a warning per module, leaves no module behind, and the
+    package runs on pure Python."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(root, name), tmp_path)
+    for name in ("engine", "ext"):
+        shutil.copytree(os.path.join(root, name), tmp_path / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.c", "*.sha256"))
+    env = {**os.environ, "CC": "/bin/false", "PYTHONPATH": str(tmp_path)}
+    env.pop("EXCHANGE_PURE_PYTHON", None)
+    cmd = [sys.executable, "setup.py", "-q", "build_ext", "--inplace"]
+    if broken == "cython":      # Cython hidden: a module named Cython that cannot import
+        (tmp_path / "Cython").mkdir()
+        (tmp_path / "Cython" / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for module in ("engine._cbook", "engine._ccore"):
+        assert f"WARNING: {module}" in out.stderr, out.stderr[-2000:]
+    assert not list((tmp_path / "engine").glob("*.so"))
+    assert not (tmp_path / "engine" / "_ccore.sha256").exists()
+    shown = subprocess.run([sys.executable, "-c", ISOLATE + SHOW], capture_output=True,
+                           text=True, env=env, cwd=tmp_path, check=True)
+    where, flags = shown.stdout.splitlines()
+    assert where == str(tmp_path / "engine" / "__init__.py")
+    assert flags.split() == ["python", "python", "python", "python", "engine.core"]
+    assert "not built; using pure Python" in shown.stderr
