@@ -2,9 +2,13 @@
 # engine._ccore (setup.py).  They change how the compiled module stores and
 # calls things, never what it computes: the classes become extension types
 # (attributes in C slots instead of instance dicts) and the internal helpers
-# C-level methods.  Values stay Python objects, integers stay Python ints, so
-# the compiled engine behaves exactly as the source (the differential tests
+# C-level methods.  Money, quantities and ids stay Python ints (only an asset
+# index and two bucket flags in _transfer are C values), so the compiled
+# engine behaves exactly as the source (the differential tests
 # compare the two event for event).  The pure-Python run ignores this file.
+# An attribute added to one of these classes in core.py must be declared here
+# too (extension types have no __dict__: the compiled engine raises
+# AttributeError, and the tests fail, until it is).
 
 cimport cython
 
