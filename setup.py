@@ -22,7 +22,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 PURE_PYTHON = os.environ.get("EXCHANGE_PURE_PYTHON", "") not in ("", "0")
-CORE_SOURCE = "engine/core.py"
+CORE_SOURCES = ("engine/core.py", "engine/_ccore.pxd")     # engine._ccore is built from these
 CORE_STAMP = "_ccore.sha256"       # beside the built module; a build output, not committed
 WARNINGS = ["-Wall", "-Wextra"]     # the generated C compiles clean with these (gcc 12)
 
@@ -43,62 +43,75 @@ def _warn(modules, reason: str) -> None:
         + "=" * 78 + "\n\n")
 
 
+def core_digest() -> str:
+    """sha256 over what engine._ccore is compiled from: engine/core.py and its
+    declarations, engine/_ccore.pxd (engine/__init__.py computes the same)."""
+    h = hashlib.sha256()
+    for name in CORE_SOURCES:
+        h.update(Path(name).read_bytes())
+    return h.hexdigest()
+
+
 class OptionalBuildExt(build_ext):
     """build_ext that turns any failure into a warning instead of an error:
     each module is cythonized and compiled on its own, so one failing leaves
-    the other built."""
+    the other built, and a module that failed is no output of the build
+    (nothing to copy into the source tree or to package)."""
 
-    warned: set = set()
+    warned: set = set()         # per process: one warning per module however often pip builds
+
+    def initialize_options(self):
+        super().initialize_options()
+        self.failed = set()
+        self.core_digest = None
 
     def run(self):
         try:
             from Cython.Build import cythonize
         except ImportError:
-            return self._fail([e.name for e in self.extensions], "Cython is not installed")
-        built = []
+            self._fail([e.name for e in self.extensions], "Cython is not installed")
+            self.extensions = []
+            return
         for ext in self.extensions:
             try:
+                if ext.name == "engine._ccore":
+                    self.core_digest = core_digest()    # of the sources about to be compiled
                 # force: cythonize's own staleness check misses engine/_ccore.pxd
                 (c_ext,) = cythonize([ext], quiet=True, compiler_directives=ext.cython_directives,
                                      force=ext.name == "engine._ccore")
                 ext.sources = c_ext.sources     # keep setuptools' own Extension objects
-                built.append(ext)
             except Exception as exc:  # a Cython error
                 self._fail([ext.name], f"{type(exc).__name__}: {str(exc)[:300]}")
-        self.extensions = built
-        if built:
-            super().run()
-        # what did not compile is no output of this build (nothing to copy or package)
-        self.extensions = [e for e in self.extensions if e.name not in self.failed]
+        self._drop_failed()
+        if self.extensions:
+            try:
+                super().run()
+            except Exception as exc:  # compiler set-up, copying into the source tree
+                self._fail([e.name for e in self.extensions], f"{type(exc).__name__}: {str(exc)[:300]}")
+            self._drop_failed()
 
-    failed: set = set()
+    def _drop_failed(self) -> None:
+        self.extensions = [e for e in self.extensions if e.name not in self.failed]
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as exc:  # a compiler missing or failing
-            self.failed.add(ext.name)
             self._fail([ext.name], f"{type(exc).__name__}: {str(exc)[:300]}")
             return
         if ext.name == "engine._ccore":
             self._stamp(Path(self.get_ext_fullpath(ext.name)).parent)
 
     def copy_extensions_to_source(self):    # editable installs: the modules go beside the source
-        extensions = self.extensions
-        self.extensions = [e for e in extensions if e.name not in self.failed]
-        try:
-            super().copy_extensions_to_source()
-        finally:
-            self.extensions = extensions
-        if any(ext.name == "engine._ccore" for ext in self.extensions if ext.name not in self.failed):
-            self._stamp(Path(CORE_SOURCE).parent)
+        self._drop_failed()
+        super().copy_extensions_to_source()
+        if any(ext.name == "engine._ccore" for ext in self.extensions):
+            self._stamp(Path(CORE_SOURCES[0]).parent)
 
-    @staticmethod
-    def _stamp(folder: Path) -> None:
-        """Record which source engine._ccore was compiled from: engine/__init__.py
-        uses the compiled core only while engine/core.py is still that source."""
-        digest = hashlib.sha256(Path(CORE_SOURCE).read_bytes()).hexdigest()
-        (folder / CORE_STAMP).write_text(digest + "\n")
+    def _stamp(self, folder: Path) -> None:
+        """Record which sources engine._ccore was compiled from: engine/__init__.py
+        uses the compiled core only while they are unchanged."""
+        (folder / CORE_STAMP).write_text((self.core_digest or core_digest()) + "\n")
 
     def build_extensions(self):
         if self.compiler.compiler_type == "msvc":
@@ -107,14 +120,15 @@ class OptionalBuildExt(build_ext):
         super().build_extensions()
 
     def _fail(self, modules, reason: str) -> None:
+        self.failed.update(modules)
         modules = [m for m in modules if m not in OptionalBuildExt.warned]
         if modules:
             OptionalBuildExt.warned.update(modules)
             _warn(modules, reason)
 
 
-def _extension(name, source, **directives):
-    ext = Extension(name, [source], extra_compile_args=WARNINGS)
+def _extension(name, source, depends=(), **directives):
+    ext = Extension(name, [source], depends=list(depends), extra_compile_args=WARNINGS)
     ext.cython_directives = {"language_level": 3, **directives}
     return ext
 
@@ -124,6 +138,7 @@ if not PURE_PYTHON:
     ext_modules.append(_extension("engine._cbook", "ext/_cbook.pyx"))
     # annotation_typing off: `x: int` stays a hint, as in CPython, instead of a
     # C type or an exact-type check; the compiled engine behaves as the source.
-    ext_modules.append(_extension("engine._ccore", CORE_SOURCE, annotation_typing=False))
+    ext_modules.append(_extension("engine._ccore", CORE_SOURCES[0], depends=CORE_SOURCES[1:],
+                                  annotation_typing=False))
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuildExt})

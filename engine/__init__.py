@@ -16,6 +16,7 @@ Two parts may be accelerated, each falling back to pure Python on its own:
 EXCHANGE_PURE_PYTHON=1 forces "python" for both.
 """
 import hashlib as _hashlib
+import importlib.util as _importlib_util
 import os as _os
 import warnings as _warnings
 from pathlib import Path as _Path
@@ -27,25 +28,26 @@ _PURE = _os.environ.get("EXCHANGE_PURE_PYTHON", "") not in ("", "0")
 
 
 def _compiled_core():
-    """engine._ccore if it is built from the engine/core.py that is here now, else None."""
-    try:
-        from . import _ccore
-    except ImportError:  # pragma: no cover - depends on the build
-        return None
+    """(engine._ccore, None) if it is built from the engine/core.py and
+    engine/_ccore.pxd that are here now, else (None, why not)."""
+    if _importlib_util.find_spec(__name__ + "._ccore") is None:
+        return None, "not built"
     here = _Path(__file__).resolve().parent
     try:
         built_from = (here / "_ccore.sha256").read_text().strip()
+        h = _hashlib.sha256()
+        for name in ("core.py", "_ccore.pxd"):      # setup.py's CORE_SOURCES
+            h.update((here / name).read_bytes())
     except OSError:
-        built_from = ""
-    if built_from != _hashlib.sha256((here / "core.py").read_bytes()).hexdigest():
-        _warnings.warn("engine._ccore was compiled from another version of engine/core.py; "
-                       "using the pure-Python engine core. Rebuild with `pip install -e .`.",
-                       RuntimeWarning, stacklevel=3)
-        return None
-    return _ccore
+        return None, ("stale: engine/_ccore.sha256 (the record of its sources), engine/core.py "
+                      "or engine/_ccore.pxd is missing")
+    if built_from != h.hexdigest():
+        return None, "stale: compiled from another version of engine/core.py or engine/_ccore.pxd"
+    from . import _ccore
+    return _ccore, None
 
 
-_ccore = None if _PURE else _compiled_core()
+_ccore, _why_not = (None, None) if _PURE else _compiled_core()
 _impl = _core if _ccore is None else _ccore
 Engine = _impl.Engine
 available_books = _impl.available_books
@@ -54,10 +56,12 @@ CORE_IMPLEMENTATION = _impl.CORE_IMPLEMENTATION
 BOOK_IMPLEMENTATION = default_book()
 
 if not _PURE and (_core.CBook is None or _ccore is None):
-    _missing = [name for name, mod in (("engine._cbook (the Cython order book)", _core.CBook),
-                                       ("engine._ccore (the compiled engine core)", _ccore))
-                if mod is None]
-    _warnings.warn(" and ".join(_missing) + " not built; using pure Python. Build with "
+    _problems = []
+    if _core.CBook is None:
+        _problems.append("engine._cbook (the Cython order book) is not built")
+    if _ccore is None:
+        _problems.append(f"engine._ccore (the compiled engine core) is {_why_not}")
+    _warnings.warn("; ".join(_problems) + ": using pure Python for it. Build with "
                    "`pip install -e .` (needs Cython and a C compiler).",
                    RuntimeWarning, stacklevel=2)
 

@@ -115,3 +115,11 @@ class Instrument(msgspec.Struct, frozen=True):
 
     def lots_to_qty(self, lots: int) -> Decimal:
         return lots * Decimal(self.qty_lot)
+
+
+def __getattr__(name):
+    # Market moved to engine.core (it compiles with the engine); the old import keeps working
+    if name == "Market":
+        from .core import Market
+        return Market
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

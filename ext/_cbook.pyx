@@ -626,15 +626,14 @@ cdef class Book:
     cdef bint _add(self, instrument_, order_id_, account_, side_, price_, qty_, fee_numer, flags_,
                    bint unless_crossing) except -1:
         """add(), or rest() with ``unless_crossing``: False when it crossed."""
-        cdef int64_t instrument = _i64(instrument_), order_id = _i64(order_id_)
-        cdef int64_t account = _i64(account_), side = _i64(side_), price = _i64(price_)
-        cdef int64_t qty = _i64(qty_), flags64 = _i64(flags_)
-        cdef int64_t fee_whole
+        cdef int64_t instrument = _i64(instrument_), side = _i64(side_), price = _i64(price_)
+        cdef int64_t order_id, account, qty, flags64, fee_whole
         cdef int32_t fee_frac
         if unless_crossing:     # first, as the reference's crosses() then add()
             self._side(instrument, 0)
             if self._crossing(2 * instrument + (side != 0), price):
                 return False
+        order_id, account, qty, flags64 = _i64(order_id_), _i64(account_), _i64(qty_), _i64(flags_)
         if side != 0 and side != 1:
             raise IndexError(f"side must be BUY (0) or SELL (1), not {side}")
         if not (-2147483648 <= flags64 <= 2147483647):
@@ -670,14 +669,15 @@ cdef class Book:
         True when it rests at its new place, False when it was taken off (the
         caller matches it).  KeyError for an id that is not resting."""
         cdef int32_t slot = self._slot_or_keyerror(order_id)
-        cdef int64_t price = _i64(price_), qty = _i64(qty_)
+        cdef int64_t qty = _i64(qty_), price
         cdef Order *o = &self.orders[slot]
         cdef int32_t sidx = self.lvls[o.level].side
         cdef int64_t instrument = sidx >> 1, side = sidx & 1
         cdef int64_t oid = o.order_id, account = o.account, fee_whole = o.fee_whole
         cdef int32_t fee_frac = o.fee_frac, flags = o.flags
-        if qty <= 0:
+        if qty <= 0:            # checked in the reference's order
             raise AssertionError(qty)
+        price = _i64(price_)
         if price <= 0:
             raise AssertionError(price)
         # room for a new level first; the slot and the index entry _unlink frees

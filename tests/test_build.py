@@ -64,10 +64,19 @@ def test_compiled_core_from_another_source_is_not_used(tmp_path):
         f.write("\n# an edit after the build\n")
     flags, err = show()
     assert flags[2:] == ["python", "python", "engine.core"], flags
-    assert "compiled from another version of engine/core.py" in err
+    assert "engine._ccore (the compiled engine core) is stale: compiled from another version" in err
+    assert "_cbook" not in err                          # the kernel is fine: no word about it
+    shutil.copy(os.path.join(os.path.dirname(engine.__file__), "core.py"), pkg / "core.py")
+    assert show()[0][2:] == ["cython", "cython", "engine._ccore"]     # the source is back
+    with open(pkg / "_ccore.pxd", "a") as f:            # its declarations count as source too
+        f.write("\n# an edit after the build\n")
+    flags, err = show()
+    assert flags[2:] == ["python", "python", "engine.core"], flags
+    assert "stale" in err
     (pkg / "_ccore.sha256").unlink()                   # no record of the source: not used either
     flags, err = show()
     assert flags[2:] == ["python", "python", "engine.core"], flags
+    assert "stale" in err
 
 
 def test_auto_picks_cython_when_built():
@@ -104,4 +113,31 @@ def test_build_without_a_working_compiler_or_cython_still_installs(tmp_path, bro
     where, flags = shown.stdout.splitlines()
     assert where == str(tmp_path / "engine" / "__init__.py")
     assert flags.split() == ["python", "python", "python", "python", "engine.core"]
-    assert "not built; using pure Python" in shown.stderr
+    assert "engine._cbook (the Cython order book) is not built" in shown.stderr
+    assert "engine._ccore (the compiled engine core) is not built" in shown.stderr
+
+
+def test_source_distribution_carries_what_the_build_needs(tmp_path):
+    """An sdist (and so a wheel built from it) must hold every input of the
+    compiled modules: without engine/_ccore.pxd the core would compile with
+    no declarations, silently slower, and its stamp could not be checked."""
+    import tarfile
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = tmp_path / "src"                  # a copy: sdist writes egg-info where it runs
+    src.mkdir()
+    for name in ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md"):
+        shutil.copy(os.path.join(root, name), src)
+    for name in ("engine", "ext", "settlement"):
+        shutil.copytree(os.path.join(root, name), src / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    out = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)],
+                         cwd=src, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "EXCHANGE_PURE_PYTHON": "1"})   # no Extension listed
+    assert out.returncode == 0, out.stderr[-2000:]
+    (tarball,) = tmp_path.glob("*.tar.gz")
+    with tarfile.open(tarball) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    for needed in ("setup.py", "pyproject.toml", "ext/_cbook.pyx", "engine/core.py",
+                   "engine/_ccore.pxd", "settlement/migrations/0001_init.sql"):
+        assert needed in names, needed
+    assert not [n for n in names if n.endswith((".so", ".c", ".sha256"))]

@@ -901,6 +901,9 @@ def test_rest_adds_unless_crossing():
                 (0, 9, 2, ref.BUY, 9, 0, 0, 0), (0, 9, 2, ref.BUY, 0, 1, 0, 0),
                 (5, 9, 2, ref.BUY, 9, 1, 0, 0), (0, 9, 2, 7, 20, 1, 0, 0)):
         t.rest(*bad)                                           # the same error on both
+    # a crossing price answers first, whatever the other arguments hold
+    assert t.rest(0, "x", 3, ref.BUY, 11, 1, 0, 0) is False
+    assert t.rest(0, 9, 3, ref.BUY, 11, 2**64, None, 0) is False
     assert len(t) == 3
     t.check(2)
 
