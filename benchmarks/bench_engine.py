@@ -4,13 +4,16 @@
                                       [--books python cython] [--cores python cython]
                                       [--seed 1] [--repeat 3]
 
-Two tables per run.  Engine: commands/s and per-command latency percentiles
+Three tables per run.  Engine: commands/s and per-command latency percentiles
 of the whole ``Engine.submit``, for each engine core (the pure-Python
 ``engine.core.Engine``, or the same source compiled, ``engine._ccore``) on
 each book.  Book: the exact sequence of book calls
-(add, remove, get, match, crosses, reduce, set_fee, can_fill) the engine made
+(get, rest, move, add, remove, match, crosses, reduce, set_fee, can_fill) the engine made
 on the same flow, recorded once and replayed on a fresh book of each
-implementation; calls/s is the best of ``--repeat`` replays.
+implementation; calls/s is the best of ``--repeat`` replays.  Floor: a lower
+bound on the part of a command's time no engine logic can remove with this
+API -- building the events it returns, and its book calls' own work -- beside
+the fastest engine.
 
 For each mix the seeded flow (benchmarks/flow.py) is generated once; each
 book then replays the setup commands (deposits, prefill) untimed and the flow
@@ -29,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from msgspec.structs import astuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -166,6 +170,27 @@ def replay_book(book, calls, start, repeat):
     return (len(calls) - start) / best
 
 
+def event_floor(config, setup, flow, repeat):
+    """Seconds to build, from Python, the events the engine returned for ``flow``
+    (same classes, same field values, one new list per command): a cost any
+    engine with this API pays, whatever its own logic costs."""
+    eng = fresh_engine(config, setup)
+    recorded = [[(type(e), astuple(e)) for e in eng.submit(c)] for c in flow]
+    best = None
+    for _ in range(repeat):
+        gc.collect()
+        gc.disable()
+        t0 = time.perf_counter()
+        for events in recorded:
+            out = []
+            for cls, fields in events:
+                out.append(cls(*fields))
+        dt = time.perf_counter() - t0
+        gc.enable()
+        best = dt if best is None or dt < best else best
+    return best
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Engine.submit throughput and latency")
     ap.add_argument("--mix", nargs="+", default=["exchange_core", "insert_heavy"])
@@ -182,7 +207,7 @@ def main(argv=None):
           f"best of {args.repeat}; python {sys.version.split()[0]}")
     print(f"{'mix':14s} {'core':7s} {'book':7s} {'commands/s':>12s} {'events/s':>12s} "
           f"{'p50 us':>8s} {'p99 us':>8s} {'p99.9 us':>9s}")
-    book_rows = []
+    book_rows, floor_rows = [], []
     for mix in args.mix:
         cmds = generate(mix, args.n, seed=args.seed, prefill=args.prefill)
         setup, flow = split_setup(cmds, args.prefill)
@@ -206,6 +231,9 @@ def main(argv=None):
         book_rows.append((mix, len(calls) - start, counts,
                           {book: replay_book(book, calls, start, args.repeat)
                            for book in ["null", *args.books]}))
+        fastest = max(rates, key=rates.get)
+        floor_rows.append((mix, len(flow), event_floor(fastest, setup, flow, args.repeat),
+                           fastest, rates[fastest]))
     print()
     print("# raw book operations: the engine's own book calls on the same flow, replayed")
     print("# net ns/call = replay time minus the same replay on a do-nothing book (the loop, the")
@@ -222,6 +250,20 @@ def main(argv=None):
         print(f"{mix:14s} {n_calls:9,d} " + " ".join(f"{per_book[b]:16,.0f}" for b in args.books)
               + f" {harness:10.0f} " + " ".join(f"{net[b]:12.0f}" for b in args.books) + ratio)
         print(f"{'':14s} " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])))
+    print()
+    print("# floor: a lower bound on what any engine with this API pays per command on the same")
+    print("# flow -- building the events it returns (same classes and fields) plus the net time of")
+    print("# the same book calls on the fastest book (replay loop subtracted) -- and the fastest")
+    print("# engine measured above; engine ns - floor ns is what all validation and risk may cost")
+    fast_book = "cython" if "cython" in args.books else args.books[0]
+    print(f"{'mix':14s} {'events ns':>10s} {fast_book + ' net ns':>13s} {'floor ns':>9s} "
+          f"{'floor cmds/s':>13s} {'engine':>15s} {'engine ns':>10s} {'cmds/s':>10s}")
+    for (mix, n_calls, _, per_book), (_, n_flow, events_s, fastest, rate) in zip(book_rows, floor_rows):
+        events_ns = events_s / n_flow * 1e9
+        book_ns = n_calls * (1 / per_book[fast_book] - 1 / per_book["null"]) / n_flow * 1e9
+        floor_ns = events_ns + book_ns
+        print(f"{mix:14s} {events_ns:10.0f} {book_ns:13.0f} {floor_ns:9.0f} {1e9 / floor_ns:13,.0f} "
+              f"{'/'.join(fastest):>15s} {1e9 / rate:10.0f} {rate:10,.0f}")
 
 
 if __name__ == "__main__":
