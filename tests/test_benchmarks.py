@@ -1,0 +1,31 @@
+"""The engine and book benchmarks run end to end (tiny sizes: this checks that
+they work and print every table, not how fast anything is)."""
+from __future__ import annotations
+
+import re
+
+from support import BOOKS
+
+import engine
+from benchmarks import bench_book, bench_engine
+
+
+def test_bench_engine_prints_every_table(capsys):
+    bench_engine.main(["-n", "3000", "--repeat", "1", "--prefill", "200"])
+    out = capsys.readouterr().out
+    for mix in ("exchange_core", "insert_heavy"):
+        rows = re.findall(rf"^{mix} +([a-z]+) +([a-z]+) +[\d,]+ +[\d,]+ ", out, re.M)
+        cores = {"python", engine.CORE_IMPLEMENTATION}
+        assert {tuple(r) for r in rows} == {(c, b) for c in cores for b in BOOKS}, rows
+    assert "# raw book operations" in out and "# floor:" in out
+    floor = re.findall(r"^(exchange_core|insert_heavy) +\d+ +\d+ +(\d+) +[\d,]+ ", out, re.M)
+    assert len(floor) == 2 and all(int(ns) > 0 for _, ns in floor), out[-800:]
+
+
+def test_bench_book_runs(capsys):
+    bench_book.main(["--n", "2000", "--resting", "2000", "--memory-orders", "20000",
+                     "--repeat", "1"])
+    out = capsys.readouterr().out
+    for phase in bench_book.PHASES:
+        assert re.search(rf"^{phase} +[\d,]+", out, re.M), phase
+    assert "B/order" in out
