@@ -13,7 +13,7 @@ module and a working install on the pure-Python code (engine/book.py,
 engine/core.py).  Set EXCHANGE_PURE_PYTHON=1 to skip the build.  ``pip install
 -e .`` builds the modules in place (engine/_cbook*.so, engine/_ccore*.so).
 """
-import hashlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -22,8 +22,12 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 PURE_PYTHON = os.environ.get("EXCHANGE_PURE_PYTHON", "") not in ("", "0")
-CORE_SOURCES = ("engine/core.py", "engine/_ccore.pxd")     # engine._ccore is built from these
-CORE_STAMP = "_ccore.sha256"       # beside the built module; a build output, not committed
+# engine/_stamp.py: which sources engine._ccore is built from and their digest, shared
+# with engine/__init__.py (loaded by path: the package's dependencies may not exist yet)
+_spec = importlib.util.spec_from_file_location("_stamp", "engine/_stamp.py")
+stamp = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(stamp)
+CORE_SOURCES = tuple(f"engine/{name}" for name in stamp.SOURCES)
 WARNINGS = ["-Wall", "-Wextra"]     # the generated C compiles clean with these (gcc 12)
 
 
@@ -41,15 +45,6 @@ def _warn(modules, reason: str) -> None:
         "\n" + "=" * 78 + "\n" + "".join(lines)
         + "Install Cython and a C compiler, then reinstall, to get the acceleration.\n"
         + "=" * 78 + "\n\n")
-
-
-def core_digest() -> str:
-    """sha256 over what engine._ccore is compiled from: engine/core.py and its
-    declarations, engine/_ccore.pxd (engine/__init__.py computes the same)."""
-    h = hashlib.sha256()
-    for name in CORE_SOURCES:
-        h.update(Path(name).read_bytes())
-    return h.hexdigest()
 
 
 class OptionalBuildExt(build_ext):
@@ -75,7 +70,7 @@ class OptionalBuildExt(build_ext):
         for ext in self.extensions:
             try:
                 if ext.name == "engine._ccore":
-                    self.core_digest = core_digest()    # of the sources about to be compiled
+                    self.core_digest = stamp.digest("engine")   # of the sources about to be compiled
                 # force: cythonize's own staleness check misses engine/_ccore.pxd
                 (c_ext,) = cythonize([ext], quiet=True, compiler_directives=ext.cython_directives,
                                      force=ext.name == "engine._ccore")
@@ -106,12 +101,12 @@ class OptionalBuildExt(build_ext):
         self._drop_failed()
         super().copy_extensions_to_source()
         if any(ext.name == "engine._ccore" for ext in self.extensions):
-            self._stamp(Path(CORE_SOURCES[0]).parent)
+            self._stamp(Path("engine"))
 
     def _stamp(self, folder: Path) -> None:
         """Record which sources engine._ccore was compiled from: engine/__init__.py
         uses the compiled core only while they are unchanged."""
-        (folder / CORE_STAMP).write_text((self.core_digest or core_digest()) + "\n")
+        (folder / stamp.STAMP).write_text((self.core_digest or stamp.digest("engine")) + "\n")
 
     def build_extensions(self):
         if self.compiler.compiler_type == "msvc":

@@ -9,8 +9,8 @@ exactly the same work (checked: equal results and equal final books).
 * throughput: each phase timed as one loop over pre-built arguments, best of
   --repeat runs (add; cancel = remove of a uniformly random resting order;
   match = an aggressive order taking the top, 1-2 makers on average; move =
-  ``move`` of a resting order to a new price, as the engine replaces; mixed = 30% add / 30% cancel
-  / 25% move / 15% match);
+  ``move`` of a resting order to a new price, as the engine replaces; mixed =
+  30% add / 30% cancel / 25% move / 15% match);
 * latency: a second replay timing every call with perf_counter_ns (the
   timer's own cost is shown and not subtracted);
 * memory: bytes per resting order with 1,000,000 resting orders (about

@@ -15,12 +15,12 @@ Two parts may be accelerated, each falling back to pure Python on its own:
 
 EXCHANGE_PURE_PYTHON=1 forces "python" for both.
 """
-import hashlib as _hashlib
 import importlib.util as _importlib_util
 import os as _os
 import warnings as _warnings
 from pathlib import Path as _Path
 
+from . import _stamp
 from . import core as _core
 from .domain import Asset, Instrument
 
@@ -34,14 +34,11 @@ def _compiled_core():
         return None, "not built"
     here = _Path(__file__).resolve().parent
     try:
-        built_from = (here / "_ccore.sha256").read_text().strip()
-        h = _hashlib.sha256()
-        for name in ("core.py", "_ccore.pxd"):      # setup.py's CORE_SOURCES
-            h.update((here / name).read_bytes())
+        matches = (here / _stamp.STAMP).read_text().strip() == _stamp.digest(here)
     except OSError:
         return None, ("stale: engine/_ccore.sha256 (the record of its sources), engine/core.py "
                       "or engine/_ccore.pxd is missing")
-    if built_from != h.hexdigest():
+    if not matches:
         return None, "stale: compiled from another version of engine/core.py or engine/_ccore.pxd"
     from . import _ccore
     return _ccore, None

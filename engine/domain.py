@@ -2,11 +2,12 @@
 
 Inside the engine a price is an ``int`` count of ticks, a quantity an ``int``
 count of lots and an amount an ``int`` count of an asset's minor units.  This
-module converts decimal strings to those counts and back, refuses any value
-that is not a whole multiple, and the engine refuses at load any instrument whose notional (``price_ticks *
-qty_lots * notional_unit``) would not be a whole number of quote minor units or
-could leave int64 (``engine.core.Market``, beside the fee arithmetic, so both
-compile into the engine core).  It never touches floats.
+module converts decimal strings to those counts and back and refuses any
+value that is not a whole multiple; the engine refuses at load any instrument
+whose notional (``price_ticks * qty_lots * notional_unit``) would not be a
+whole number of quote minor units or could leave int64 (``engine.core.Market``,
+beside the fee arithmetic, so both compile into the engine core).  It never
+touches floats.
 """
 from __future__ import annotations
 
