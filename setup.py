@@ -133,7 +133,9 @@ if not PURE_PYTHON:
     ext_modules.append(_extension("engine._cbook", "ext/_cbook.pyx"))
     # annotation_typing off: `x: int` stays a hint, as in CPython, instead of a
     # C type or an exact-type check; the compiled engine behaves as the source.
+    # overflowcheck: the few C integers _ccore.pxd declares raise OverflowError
+    # rather than wrap, should a bound they rely on ever be broken.
     ext_modules.append(_extension("engine._ccore", CORE_SOURCES[0], depends=CORE_SOURCES[1:],
-                                  annotation_typing=False))
+                                  annotation_typing=False, overflowcheck=True))
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuildExt})

@@ -15,7 +15,13 @@ cimport cython
 cdef bint _is_id(object value)
 cdef object _flags(object post_only, object stp)
 cpdef fee_charged(fee_numer)
-cpdef buy_reserve(price, qty, fee_numer, unit, reserve_bps)
+# buy_reserve's common case (no fills yet) in C int64: the arguments are a
+# validated price and quantity and the market's unit and fee, whose product and
+# reservation the market's limits keep in int64 (setup.py compiles this module
+# with overflowcheck: a breach would be an OverflowError, never a wrong number)
+@cython.locals(bps=cython.longlong, notional=cython.longlong, q=cython.longlong, wide=object)
+cpdef buy_reserve(long long price, long long qty, fee_numer, long long unit,
+                  long long reserve_bps)
 cpdef budget_notional(budget, taker_bps)
 
 

@@ -171,10 +171,19 @@ def fee_charged(fee_numer: int) -> int:
 def buy_reserve(price: int, qty: int, fee_numer: int, unit: int, reserve_bps: int) -> int:
     """Quote minor units a buy order must hold for ``qty`` more lots at ``price``:
     the notional plus the worst-case rise of its cumulative fee."""
-    notional = price * qty * unit
     # notional + fee_charged(fee_numer + notional * reserve_bps) - fee_charged(fee_numer),
     # written out: this runs on every buy placed or moved
-    return notional - (-(fee_numer + notional * reserve_bps) // BPS) + (-fee_numer // BPS)
+    bps = BPS
+    notional = price * qty * unit
+    if fee_numer == 0:
+        # No fills yet (the usual case): notional + ceil(notional * reserve_bps / BPS),
+        # with notional = q * BPS + r taken as q * reserve_bps + ceil(r * reserve_bps / BPS)
+        # so that no term exceeds the reservation, which the market's limits keep in
+        # int64 (the compiled core does this arithmetic in C int64; see _ccore.pxd)
+        q = notional // bps
+        return notional + q * reserve_bps + ((notional - q * bps) * reserve_bps + bps - 1) // bps
+    wide = notional     # a Python int in the compiled core too: fee numerators are unbounded
+    return wide - (-(fee_numer + wide * reserve_bps) // bps) + (-fee_numer // bps)
 
 
 def budget_notional(budget: int, taker_bps: int) -> int:

@@ -67,6 +67,54 @@ def test_bad_instrument_fields_are_refused(kw):
         Instrument(**args)
 
 
+def _cores():
+    """The fee helpers of each built core: the source, and the compiled one when built."""
+    import engine
+    from engine import core
+    mods = [core]
+    if engine.CORE_IMPLEMENTATION == "cython":
+        from engine import _ccore
+        mods.append(_ccore)
+    return mods
+
+
+@pytest.mark.parametrize("mod", _cores(), ids=lambda m: m.__name__)
+def test_buy_reserve_is_the_definition_in_every_core(mod):
+    """buy_reserve = notional + fee_charged(fee_numer + notional * bps) - fee_charged(fee_numer),
+    exactly, on both of its paths (no fills yet: C int64 in the compiled core; fills: Python
+    ints) -- up to the largest reservation a market allows and with huge fee numerators."""
+    import random
+    rng = random.Random(7)
+    m = Engine([Asset("A", 8), Asset("B", 8)],
+               [Instrument("A-B", "A", "B", "1", "0.00000001", maker_fee_bps=10_000,
+                           taker_fee_bps=10_000)]).market("A-B")
+    assert m.notional_unit == 1 and m.max_qty > 10**9     # room for both kinds of case
+    cases = [(m.max_price, m.max_qty, 0), (m.max_price, m.max_qty, 10**30), (1, 1, 0),
+             (1, 1, 1), (7, 3, 9_999), (7, 3, 10_001)]
+    for _ in range(3000):
+        price, qty = rng.randint(1, m.max_price), rng.randint(1, m.max_qty)
+        if rng.random() < 0.5:
+            price, qty = rng.randint(1, 10**6), rng.randint(1, 10**6)
+        cases.append((price, qty, rng.choice([0, 0, rng.randint(1, 10**6),
+                                              rng.randint(1, 2**80)])))
+    for bps in (0, 2, 5, 9_999, 10_000):
+        for price, qty, fee_numer in cases:
+            notional = price * qty * m.notional_unit
+            want = notional + fee_charged(fee_numer + notional * bps) - fee_charged(fee_numer)
+            assert mod.buy_reserve(price, qty, fee_numer, m.notional_unit, bps) == want
+
+
+def test_compiled_buy_reserve_refuses_what_int64_cannot_hold():
+    """Past the market limits the compiled core raises instead of wrapping around."""
+    mods = _cores()
+    if len(mods) < 2:
+        pytest.skip("the compiled core is not built")
+    with pytest.raises(OverflowError):
+        mods[1].buy_reserve(2**62, 4, 0, 1, 5)
+    with pytest.raises(OverflowError):
+        mods[1].buy_reserve(2**40, 2**30, 0, 1, 5)
+
+
 def test_fee_and_reserve_arithmetic():
     assert fee_charged(0) == 0 and fee_charged(1) == 1 and fee_charged(10_000) == 1
     assert fee_charged(10_001) == 2
