@@ -11,7 +11,9 @@ Two parts may be accelerated, each falling back to pure Python on its own:
   "cython" when the kernel from ext/ is built, else "python" (engine/book.py);
 - ``CORE_IMPLEMENTATION``: the engine class ``Engine`` is, "cython" when
   engine/core.py was compiled into ``engine._ccore``, else "python" (the
-  source itself, ``engine.core.Engine``, which is always importable).
+  source itself, ``engine.core.Engine``, which is always importable), used
+  only while it matches both its sources (a stamp) and msgspec's layout of
+  the command structs it reads directly (engine/_commands.pxd).
 
 EXCHANGE_PURE_PYTHON=1 forces "python" for both.
 """
@@ -40,8 +42,29 @@ def _compiled_core():
                       "or engine/_ccore.pxd is missing")
     if not matches:
         return None, "stale: compiled from another version of engine/core.py or engine/_ccore.pxd"
-    from . import _ccore
+    try:
+        from . import _ccore
+    except (ImportError, ValueError) as e:     # ValueError: a command struct's size changed
+        return None, f"not importable ({e})"
+    if not _reads_commands_right(_ccore):
+        return None, ("built for another layout of msgspec's command structs (engine/"
+                      "_commands.pxd)")
     return _ccore, None
+
+
+def _reads_commands_right(module) -> bool:
+    """Whether ``module._fields_as_read`` (the compiled core reads command fields
+    from their slots) gives what getattr() gives, for a probe of each command
+    class with a distinct object in every field."""
+    from .messages import CancelOrder, PlaceOrder, ReplaceOrder
+    for cls in (PlaceOrder, CancelOrder, ReplaceOrder):
+        fields = cls.__struct_fields__
+        probe = cls(*[object() for _ in fields])
+        read = module._fields_as_read(probe)
+        if len(read) != len(fields) or any(v is not getattr(probe, f)
+                                           for v, f in zip(read, fields)):
+            return False
+    return True
 
 
 _ccore, _why_not = (None, None) if _PURE else _compiled_core()

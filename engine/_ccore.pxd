@@ -2,17 +2,24 @@
 # engine._ccore (setup.py).  They change how the compiled module stores and
 # calls things, never what it computes: the classes become extension types
 # (attributes in C slots instead of instance dicts) and the internal helpers
-# C-level methods.  Money, quantities and ids stay Python ints (only an asset
-# index and two bucket flags in _transfer are C values), so the compiled
-# engine behaves exactly as the source (the differential tests
-# compare the two event for event).  The pure-Python run ignores this file.
+# C-level methods, and the command handlers read PlaceOrder/CancelOrder/
+# ReplaceOrder fields from their slots (engine/_commands.pxd).  Money,
+# quantities and ids stay Python ints, except where a bound proves int64 holds
+# them (an asset index and two bucket flags in _transfer; buy_reserve's
+# no-fills case), so the compiled engine behaves exactly as the source (the
+# differential tests compare the two event for event).  The pure-Python run
+# ignores this file.
 # An attribute added to one of these classes in core.py must be declared here
 # too (extension types have no __dict__: the compiled engine raises
 # AttributeError, and the tests fail, until it is).
 
 cimport cython
+from engine._commands cimport PlaceOrder as _PlaceOrder, CancelOrder as _CancelOrder
+from engine._commands cimport ReplaceOrder as _ReplaceOrder
 
 cdef bint _is_id(object value)
+@cython.locals(p=_PlaceOrder, x=_CancelOrder, r=_ReplaceOrder)
+cpdef list _fields_as_read(c)
 cdef object _flags(object post_only, object stp)
 cpdef fee_charged(fee_numer)
 # buy_reserve's common case (no fills yet) in C int64: the arguments are a
@@ -65,11 +72,11 @@ cdef class Engine:
     cdef _run_stops(self, Market m)
     # the commands (submit dispatches on the exact type)
     @cython.locals(m=Market)
-    cdef _place(self, c)
+    cdef _place(self, _PlaceOrder c)
     @cython.locals(m=Market, stop=_Stop)
-    cdef _cancel(self, c)
+    cdef _cancel(self, _CancelOrder c)
     @cython.locals(m=Market, stop=_Stop)
-    cdef _replace(self, c)
+    cdef _replace(self, _ReplaceOrder c)
     cdef _deposit(self, c)
     cdef _withdraw(self, c)
     cdef _adjust(self, c)

@@ -8,7 +8,7 @@ before the package's dependencies exist.
 import hashlib
 from pathlib import Path
 
-SOURCES = ("core.py", "_ccore.pxd")     # in engine/
+SOURCES = ("core.py", "_ccore.pxd", "_commands.pxd")     # in engine/
 STAMP = "_ccore.sha256"                 # a build output, not committed
 
 

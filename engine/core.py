@@ -77,6 +77,22 @@ def _is_id(value) -> bool:
     return type(value) is int and 0 <= value <= INT64_MAX
 
 
+def _fields_as_read(c) -> list:
+    """A PlaceOrder's, CancelOrder's or ReplaceOrder's fields (in __struct_fields__
+    order) read as the command handlers read them: the compiled core reads them
+    from the struct's slots (engine/_commands.pxd), and engine/__init__.py checks
+    that against getattr() before it uses the compiled core."""
+    if type(c) is PlaceOrder:
+        p = c
+        return [p.account, p.client_order_id, p.symbol, p.side, p.type, p.tif, p.price, p.qty,
+                p.quote_qty, p.stop_price, p.post_only, p.stp]
+    if type(c) is CancelOrder:
+        x = c
+        return [x.account, x.order_id, x.client_order_id]
+    r = c
+    return [r.account, r.order_id, r.price, r.qty]
+
+
 def available_books() -> list[str]:
     """Book implementations importable here ("python" always)."""
     return ["python", "cython"] if CBook is not None else ["python"]

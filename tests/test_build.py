@@ -117,6 +117,43 @@ def test_build_without_a_working_compiler_or_cython_still_installs(tmp_path, bro
     assert "engine._ccore (the compiled engine core) is not built" in shown.stderr
 
 
+def test_command_struct_layout_is_checked_before_the_compiled_core_is_used(tmp_path):
+    """The compiled core reads command fields straight from msgspec's slots
+    (engine/_commands.pxd).  A package whose ReplaceOrder lays its slots out
+    differently (same size: a field renamed so that it sorts last) must not run
+    it: the probe in engine/__init__.py sees the fields come back wrong."""
+    if engine.CORE_IMPLEMENTATION != "cython":
+        pytest.skip("engine._ccore is not built here")
+    from engine import _ccore, core
+    assert engine._reads_commands_right(_ccore) and engine._reads_commands_right(core)
+
+    class Swapped:                                  # reads two fields the wrong way round
+        @staticmethod
+        def _fields_as_read(c):
+            read = core._fields_as_read(c)
+            read[1], read[2] = read[2], read[1]
+            return read
+    assert not engine._reads_commands_right(Swapped)
+
+    pkg = tmp_path / "engine"
+    shutil.copytree(os.path.dirname(engine.__file__), pkg,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.c"))
+    text = (pkg / "messages.py").read_text()
+    replace_order = "class ReplaceOrder(_Message):"
+    head, tail = text.split(replace_order)
+    assert "    account: int\n    order_id: int\n" in tail
+    tail = tail.replace("    account: int\n    order_id: int\n", "    z_account: int\n    order_id: int\n", 1)
+    (pkg / "messages.py").write_text(head + replace_order + tail)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env.pop("EXCHANGE_PURE_PYTHON", None)
+    out = subprocess.run([sys.executable, "-c", ISOLATE + SHOW], capture_output=True,
+                         text=True, check=True, env=env, cwd=tmp_path)
+    where, rest = out.stdout.splitlines()
+    assert where == str(pkg / "__init__.py")
+    assert rest.split()[2:] == ["python", "python", "engine.core"], (rest, out.stderr)
+    assert "another layout of msgspec's command structs" in out.stderr
+
+
 def test_source_distribution_carries_what_the_build_needs(tmp_path):
     """An sdist (and so a wheel built from it) must hold every input of the
     compiled modules: without engine/_ccore.pxd the core would compile with
@@ -137,7 +174,9 @@ def test_source_distribution_carries_what_the_build_needs(tmp_path):
     (tarball,) = tmp_path.glob("*.tar.gz")
     with tarfile.open(tarball) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    for needed in ("setup.py", "pyproject.toml", "ext/_cbook.pyx", "engine/core.py",
-                   "engine/_ccore.pxd", "settlement/migrations/0001_init.sql"):
+    from engine import _stamp
+    for needed in ("setup.py", "pyproject.toml", "ext/_cbook.pyx",
+                   *[f"engine/{name}" for name in _stamp.SOURCES],
+                   "settlement/migrations/0001_init.sql"):
         assert needed in names, needed
     assert not [n for n in names if n.endswith((".so", ".c", ".sha256"))]
