@@ -30,40 +30,44 @@ _PURE = _os.environ.get("EXCHANGE_PURE_PYTHON", "") not in ("", "0")
 
 
 def _compiled_core():
-    """(engine._ccore, None) if it is built from the engine/core.py and
-    engine/_ccore.pxd that are here now, else (None, why not)."""
+    """(engine._ccore, None) if it is built from the sources that are here now
+    (engine/_stamp.py: core.py and the .pxd files) and reads this msgspec's
+    command structs right, else (None, why not)."""
     if _importlib_util.find_spec(__name__ + "._ccore") is None:
         return None, "not built"
     here = _Path(__file__).resolve().parent
     try:
         matches = (here / _stamp.STAMP).read_text().strip() == _stamp.digest(here)
     except OSError:
-        return None, ("stale: engine/_ccore.sha256 (the record of its sources), engine/core.py "
-                      "or engine/_ccore.pxd is missing")
+        return None, ("stale: engine/_ccore.sha256 (the record of its sources) or one of "
+                      "engine/" + ", engine/".join(_stamp.SOURCES) + " is missing")
     if not matches:
-        return None, "stale: compiled from another version of engine/core.py or engine/_ccore.pxd"
+        return None, ("stale: compiled from another version of engine/"
+                      + ", engine/".join(_stamp.SOURCES))
     try:
         from . import _ccore
     except (ImportError, ValueError) as e:     # ValueError: a command struct's size changed
         return None, f"not importable ({e})"
     if not _reads_commands_right(_ccore):
-        return None, ("built for another layout of msgspec's command structs (engine/"
-                      "_commands.pxd)")
+        return None, ("built for another layout of msgspec's command structs than this "
+                      "msgspec's, or for other command fields (engine/_commands.pxd)")
     return _ccore, None
 
 
 def _reads_commands_right(module) -> bool:
     """Whether ``module._fields_as_read`` (the compiled core reads command fields
-    from their slots) gives what getattr() gives, for a probe of each command
-    class with a distinct object in every field."""
+    from their slots) gives, field by field, what getattr() gives, for a probe
+    of each command class with a distinct object in every field."""
     from .messages import CancelOrder, PlaceOrder, ReplaceOrder
-    for cls in (PlaceOrder, CancelOrder, ReplaceOrder):
-        fields = cls.__struct_fields__
-        probe = cls(*[object() for _ in fields])
-        read = module._fields_as_read(probe)
-        if len(read) != len(fields) or any(v is not getattr(probe, f)
-                                           for v, f in zip(read, fields)):
-            return False
+    try:
+        for cls in (PlaceOrder, CancelOrder, ReplaceOrder):
+            probe = cls(*[object() for _ in cls.__struct_fields__])
+            read = module._fields_as_read(probe)
+            if sorted(read) != sorted(cls.__struct_fields__) or any(
+                    v is not getattr(probe, name) for name, v in read.items()):
+                return False
+    except Exception:       # a struct that refuses the probe, a field the core does not know
+        return False
     return True
 
 

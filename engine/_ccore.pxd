@@ -19,7 +19,7 @@ from engine._commands cimport ReplaceOrder as _ReplaceOrder
 
 cdef bint _is_id(object value)
 @cython.locals(p=_PlaceOrder, x=_CancelOrder, r=_ReplaceOrder)
-cpdef list _fields_as_read(c)
+cpdef dict _fields_as_read(c)
 cdef object _flags(object post_only, object stp)
 cpdef fee_charged(fee_numer)
 # buy_reserve's common case (no fills yet) in C int64: the arguments are a

@@ -77,20 +77,24 @@ def _is_id(value) -> bool:
     return type(value) is int and 0 <= value <= INT64_MAX
 
 
-def _fields_as_read(c) -> list:
-    """A PlaceOrder's, CancelOrder's or ReplaceOrder's fields (in __struct_fields__
-    order) read as the command handlers read them: the compiled core reads them
-    from the struct's slots (engine/_commands.pxd), and engine/__init__.py checks
-    that against getattr() before it uses the compiled core."""
+def _fields_as_read(c) -> dict:
+    """The fields of a PlaceOrder, CancelOrder or ReplaceOrder, by name, read as
+    the command handlers read them: the compiled core reads them from the
+    struct's slots (engine/_commands.pxd), and engine/__init__.py checks that
+    against getattr() before it uses the compiled core."""
     if type(c) is PlaceOrder:
         p = c
-        return [p.account, p.client_order_id, p.symbol, p.side, p.type, p.tif, p.price, p.qty,
-                p.quote_qty, p.stop_price, p.post_only, p.stp]
+        return dict(account=p.account, client_order_id=p.client_order_id, symbol=p.symbol,
+                    side=p.side, type=p.type, tif=p.tif, price=p.price, qty=p.qty,
+                    quote_qty=p.quote_qty, stop_price=p.stop_price, post_only=p.post_only,
+                    stp=p.stp)
     if type(c) is CancelOrder:
         x = c
-        return [x.account, x.order_id, x.client_order_id]
-    r = c
-    return [r.account, r.order_id, r.price, r.qty]
+        return dict(account=x.account, order_id=x.order_id, client_order_id=x.client_order_id)
+    if type(c) is ReplaceOrder:
+        r = c
+        return dict(account=r.account, order_id=r.order_id, price=r.price, qty=r.qty)
+    raise TypeError(f"not a PlaceOrder, CancelOrder or ReplaceOrder: {type(c).__name__}")
 
 
 def available_books() -> list[str]:
@@ -194,8 +198,9 @@ def buy_reserve(price: int, qty: int, fee_numer: int, unit: int, reserve_bps: in
     if fee_numer == 0:
         # No fills yet (the usual case): notional + ceil(notional * reserve_bps / BPS),
         # with notional = q * BPS + r taken as q * reserve_bps + ceil(r * reserve_bps / BPS)
-        # so that no term exceeds the reservation, which the market's limits keep in
-        # int64 (the compiled core does this arithmetic in C int64; see _ccore.pxd)
+        # so that every term stays within int64 (q * reserve_bps <= notional, the sum is
+        # the reservation, which the market's limits keep in int64, and the last
+        # numerator is below BPS * BPS): the compiled core does this in C int64
         q = notional // bps
         return notional + q * reserve_bps + ((notional - q * bps) * reserve_bps + bps - 1) // bps
     wide = notional     # a Python int in the compiled core too: fee numerators are unbounded

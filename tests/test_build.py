@@ -127,13 +127,29 @@ def test_command_struct_layout_is_checked_before_the_compiled_core_is_used(tmp_p
     from engine import _ccore, core
     assert engine._reads_commands_right(_ccore) and engine._reads_commands_right(core)
 
-    class Swapped:                                  # reads two fields the wrong way round
-        @staticmethod
-        def _fields_as_read(c):
+    for mod in (core, _ccore):                      # neither reads what is not a command
+        with pytest.raises(TypeError):
+            mod._fields_as_read(None)
+
+    class Reader:                                   # a core that reads fields wrongly
+        def __init__(self, change):
+            self.change = change
+
+        def _fields_as_read(self, c):
             read = core._fields_as_read(c)
-            read[1], read[2] = read[2], read[1]
+            self.change(read)
             return read
-    assert not engine._reads_commands_right(Swapped)
+
+    def swap(read):
+        read["price"], read["qty"] = read["qty"], read["price"]
+
+    def fail(read):
+        raise RuntimeError("a core that cannot read the probe")
+    assert not engine._reads_commands_right(Reader(swap))
+    assert not engine._reads_commands_right(Reader(lambda read: read.pop("account")))
+    assert not engine._reads_commands_right(Reader(lambda read: read.update(extra=None)))
+    assert not engine._reads_commands_right(Reader(fail))
+    assert engine._reads_commands_right(Reader(lambda read: None))
 
     pkg = tmp_path / "engine"
     shutil.copytree(os.path.dirname(engine.__file__), pkg,
