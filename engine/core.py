@@ -164,8 +164,8 @@ class Market:
         if max_price is None:
             per_lot = self.notional_unit * (max_qty if max_qty is not None else ins.min_qty)
             max_price = min(DEFAULT_MAX_PRICE_TICKS, notional_cap // per_lot)
-        if max_qty is None:
-            max_qty = min(qty_cap, notional_cap // (max_price * self.notional_unit))
+        if max_qty is None:     # (max_price 0: no price fits, refused below)
+            max_qty = min(qty_cap, notional_cap // max(1, max_price * self.notional_unit))
         if max_price < 1 or max_qty < ins.min_qty:
             raise ValueError(f"{ins.symbol}: no quantity in min_qty..max_qty fits int64 at max_price")
         if max_qty > qty_cap or max_price * max_qty * self.notional_unit > notional_cap:

@@ -51,6 +51,8 @@ def test_notional_unit_and_default_limits_fit_int64():
     # an explicit max that could overflow int64
     ([Asset("BTC", 0), Asset("USD", 0)], Instrument("BTC-USD", "BTC", "USD", "1", "1",
                                                     max_price=2**40, max_qty=2**40)),
+    # one tick of one lot alone exceeds int64: no price fits (was a ZeroDivisionError)
+    ([Asset("Q", 18), Asset("B", 0)], Instrument("B-Q", "B", "Q", "1000", "1000")),
 ])
 def test_configurations_that_cannot_be_exact_are_refused_at_load(assets, ins):
     with pytest.raises(ValueError):
