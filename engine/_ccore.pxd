@@ -6,7 +6,8 @@
 # ReplaceOrder fields from their slots (engine/_commands.pxd).  Money,
 # quantities and ids stay Python ints, except where a bound proves int64 holds
 # them (an asset index and two bucket flags in _transfer; buy_reserve's
-# no-fills case), so the compiled engine behaves exactly as the source (the
+# arguments and notional, and its whole no-fills case), so the compiled
+# engine behaves exactly as the source (the
 # differential tests compare the two event for event).  The pure-Python run
 # ignores this file.
 # An attribute added to one of these classes in core.py must be declared here
