@@ -16,10 +16,11 @@ API -- building the events it returns, and its book calls' own work -- beside
 the fastest engine.
 
 For each mix the seeded flow (benchmarks/flow.py) is generated once, and its
-commands decoded from their msgpack encoding, as a gateway hands them over
-(the generator's own objects lie scattered among its oracle engine's garbage,
-which cost the accelerated engine ~5% in cache misses); each book then replays
-the setup commands (deposits, prefill) untimed and the flow commands timed.  Throughput is the best of ``--repeat`` untimed-per-command
+commands decoded from their msgpack encoding, untimed, as a decoder produces
+them (the generator's own objects lie scattered among its oracle engine's
+garbage, which cost the accelerated engine 5-9% in cache misses); each book
+then replays the setup commands (deposits, prefill) untimed and the flow
+commands timed.  Throughput is the best of ``--repeat`` untimed-per-command
 runs (wall time of a loop that does nothing but call ``submit``); latency
 percentiles, and the event count behind events/s, come from a separate run
 that reads the clock around every command (perf_counter_ns; that run is
@@ -47,7 +48,7 @@ from engine.messages import Command, Deposit  # noqa: E402
 
 
 def as_received(commands):
-    """The commands as the engine gets them from a gateway: decoded from their
+    """The commands as a decoder hands them to the engine: decoded from their
     msgpack encoding, fresh objects one after the other in memory (not the
     generator's, which sit among its oracle engine's garbage)."""
     return msgspec.msgpack.decode(msgspec.msgpack.encode(commands), type=list[Command])

@@ -157,8 +157,9 @@ def test_command_struct_layout_is_checked_before_the_compiled_core_is_used(tmp_p
     text = (pkg / "messages.py").read_text()
     replace_order = "class ReplaceOrder(_Message):"
     head, tail = text.split(replace_order)
-    assert "    account: int\n    order_id: int\n" in tail
-    tail = tail.replace("    account: int\n    order_id: int\n", "    z_account: int\n    order_id: int\n", 1)
+    fields = "    account: int\n    order_id: int\n"
+    assert fields in tail
+    tail = tail.replace(fields, "    z_account: int\n    order_id: int\n", 1)
     (pkg / "messages.py").write_text(head + replace_order + tail)
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     env.pop("EXCHANGE_PURE_PYTHON", None)
