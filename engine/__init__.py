@@ -36,14 +36,14 @@ def _compiled_core():
     if _importlib_util.find_spec(__name__ + "._ccore") is None:
         return None, "not built"
     here = _Path(__file__).resolve().parent
+    sources = ", ".join(f"engine/{name}" for name in _stamp.SOURCES)
     try:
         matches = (here / _stamp.STAMP).read_text().strip() == _stamp.digest(here)
     except OSError:
         return None, ("stale: engine/_ccore.sha256 (the record of its sources) or one of "
-                      "engine/" + ", engine/".join(_stamp.SOURCES) + " is missing")
+                      f"{sources} is missing")
     if not matches:
-        return None, ("stale: compiled from another version of engine/"
-                      + ", engine/".join(_stamp.SOURCES))
+        return None, f"stale: compiled from another version of {sources}"
     try:
         from . import _ccore
     except (ImportError, ValueError) as e:     # ValueError: a command struct's size changed
