@@ -42,41 +42,49 @@ cdef class _Stop:
     cdef public object order_id, account, market, side, type, tif, price, qty, quote_qty
     cdef public object stop_price, stp, client_order_id, reserve
 
+cdef class _Account:
+    cdef public list bal
+    cdef public Py_ssize_t open     # at most one per order ever accepted
+    cdef public dict cids
+
 cdef class _Taker:
     cdef public object order_id, account, side, limit, qty, quote_only, budget, locked
     cdef public object fee_numer, can_rest, stp, flags, market_order
+    cdef public _Account acct
 
 cdef class Engine:
     cdef public object assets, instruments, max_open_orders
     cdef public object book_implementation, core_implementation
     cdef public object _book, _seq, _next_order_id, _next_trade_id
-    cdef public dict _asset_index, _market_by_symbol, _bal, _stops
-    cdef public dict _open_count, _cid_to_order, _order_cid
+    cdef public dict _asset_index, _market_by_symbol, _accounts, _stops, _order_cid
     cdef public list _asset_names, _markets, _buy_stops, _sell_stops, _ev
 
     cdef _reject(self, account, client_order_id, reason, order_id=*)
     cdef _reject_amend(self, account, order_id, reason)
-    cdef _balances(self, account)
-    @cython.locals(sb=list, tb=list, si=Py_ssize_t, ti=Py_ssize_t)
-    cdef _transfer(self, Py_ssize_t asset, amount, source, bint source_locked, target,
-                   bint target_locked, kind, order_id=*, trade_id=*, ref=*)
+    @cython.locals(si=Py_ssize_t, ti=Py_ssize_t)
+    cdef _transfer(self, Py_ssize_t asset, amount, source, list sb, bint source_locked, target,
+                   list tb, bint target_locked, kind, order_id=*, trade_id=*, ref=*)
     cdef _resting_reserve(self, Market m, side, price, qty, fee_numer)
-    cpdef _register(self, order_id, account, cid)     # cpdef: restore() calls it on the
+    cpdef _register(self, order_id, _Account a, cid)  # cpdef: restore() calls it on the
     cpdef _add_stop(self, _Stop stop)                 # engine it builds, as Python does
-    cdef _close(self, order_id, account)
+    cpdef _Account _account(self, account)            # (restore() too)
+    cdef _close(self, order_id, _Account a)
     cdef _discard_stop(self, _Stop stop)
     cdef _set_limits(self, _Taker t, Market m, is_market, tif, price, quote_qty)
     cdef _take(self, Market m, _Taker t)
+    @cython.locals(accounts=dict, maker=_Account, taker_bal=list, fees=list, buyer_bal=list,
+                   seller_bal=list)
     cdef _settle(self, Market m, _Taker t, records)
-    cdef _release_resting(self, Market m, order_id, account, buys, price, qty_before, fee_numer,
-                          qty_after)
+    cdef _release_resting(self, Market m, order_id, account, list bal, buys, price, qty_before,
+                          fee_numer, qty_after)
+    @cython.locals(acct=_Account)
     cdef _run_stops(self, Market m)
     # the commands (submit dispatches on the exact type)
-    @cython.locals(m=Market)
+    @cython.locals(m=Market, acct=_Account, b=list)
     cdef _place(self, _PlaceOrder c)
-    @cython.locals(m=Market, stop=_Stop)
+    @cython.locals(m=Market, stop=_Stop, acct=_Account)
     cdef _cancel(self, _CancelOrder c)
-    @cython.locals(m=Market, stop=_Stop)
+    @cython.locals(m=Market, stop=_Stop, acct=_Account, b=list)
     cdef _replace(self, _ReplaceOrder c)
     cdef _deposit(self, c)
     cdef _withdraw(self, c)

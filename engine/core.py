@@ -57,10 +57,7 @@ DEFAULT_MAX_OPEN_ORDERS = 1000
 SNAPSHOT_VERSION = 1
 
 AVAILABLE, LOCKED = "available", "locked"
-_SIDES = {"buy": BUY, "sell": SELL}
 _SIDE_NAMES = ("buy", "sell")
-_TYPES = frozenset({"limit", "market", "stop_limit", "stop_market"})
-_TIFS = frozenset({"gtc", "ioc", "fok"})
 _STPS = {"cancel_newest": STP_CANCEL_NEWEST, "cancel_oldest": STP_CANCEL_OLDEST,
          "cancel_both": STP_CANCEL_BOTH, "decrement": STP_DECREMENT}
 _STP_NAMES = {v: k for k, v in _STPS.items()}
@@ -223,10 +220,22 @@ class _Stop:
                 self.client_order_id, self.reserve]
 
 
+class _Account:
+    """One account: its balances ([available, locked] per asset, flattened),
+    how many orders it has open (resting or waiting stops), and the client
+    order ids of those that have one."""
+    __slots__ = ("bal", "open", "cids")
+
+    def __init__(self, bal: list):
+        self.bal = bal
+        self.open = 0
+        self.cids: dict[str, int] = {}
+
+
 class _Taker:
     """An order while it matches: a new order, a triggered stop, or a resting
-    order that lost priority on replace."""
-    __slots__ = ("order_id", "account", "side", "limit", "qty", "quote_only", "budget",
+    order that lost priority on replace (``acct``: its account's state)."""
+    __slots__ = ("order_id", "account", "acct", "side", "limit", "qty", "quote_only", "budget",
                  "locked", "fee_numer", "can_rest", "stp", "flags", "market_order")
 
 
@@ -279,10 +288,10 @@ class Engine:
         self.book_implementation = book_cls.implementation
         self.core_implementation = CORE_IMPLEMENTATION
         self._book = book_cls(len(self._markets))
-        # balances: account -> [available, locked] per asset, flattened
-        self._bal: dict[int, list[int]] = {
-            SYSTEM_OUTSIDE: [0] * (2 * len(assets)),
-            SYSTEM_FEES: [0] * (2 * len(assets)),
+        # account -> its balances, open order count and client order ids
+        self._accounts: dict[int, _Account] = {
+            SYSTEM_OUTSIDE: _Account([0] * (2 * len(assets))),
+            SYSTEM_FEES: _Account([0] * (2 * len(assets))),
         }
         self._seq = 0
         self._next_order_id = 1
@@ -292,9 +301,7 @@ class Engine:
         # sell stops when last <= stop
         self._buy_stops = [SortedList() for _ in self._markets]
         self._sell_stops = [SortedList() for _ in self._markets]
-        self._open_count: dict[int, int] = {}
-        # open orders' client ids: account -> {client_order_id: order_id}, and back
-        self._cid_to_order: dict[int, dict[str, int]] = {}
+        # open orders' client ids, back from order id (forward: _Account.cids)
         self._order_cid: dict[int, str] = {}
         self._ev: list = []
 
@@ -332,8 +339,8 @@ class Engine:
     def balance(self, account: int, asset: str) -> tuple[int, int]:
         """(available, locked) in minor units."""
         i = self._asset_index[asset]
-        b = self._bal.get(account)
-        return (0, 0) if b is None else (b[2 * i], b[2 * i + 1])
+        a = self._accounts.get(account)
+        return (0, 0) if a is None else (a.bal[2 * i], a.bal[2 * i + 1])
 
     def depth(self, symbol: str, levels: int = 10):
         """(bids, asks): lists of (price_ticks, qty_lots), best first."""
@@ -373,10 +380,11 @@ class Engine:
                 "client_order_id": self._order_cid.get(order_id, "")}
 
     def open_order_count(self, account: int) -> int:
-        return self._open_count.get(account, 0)
+        a = self._accounts.get(account)
+        return 0 if a is None else a.open
 
     def accounts(self) -> list[int]:
-        return sorted(self._bal)
+        return sorted(self._accounts)
 
     # ============================================================ snapshot
     def snapshot(self) -> bytes:
@@ -392,7 +400,7 @@ class Engine:
         snap = _Snapshot(
             SNAPSHOT_VERSION, self.assets, self.instruments, self.max_open_orders, self._seq,
             self._next_order_id, self._next_trade_id,
-            [(acct, list(b)) for acct, b in sorted(self._bal.items())],
+            [(acct, list(a.bal)) for acct, a in sorted(self._accounts.items())],
             [(m.halted, m.last_price) for m in self._markets],
             orders,
             [self._stops[k].as_row() for k in sorted(self._stops)],
@@ -411,7 +419,7 @@ class Engine:
         eng._seq = snap.seq
         eng._next_order_id = snap.next_order_id
         eng._next_trade_id = snap.next_trade_id
-        eng._bal = {acct: list(b) for acct, b in snap.balances}
+        eng._accounts = {acct: _Account(list(b)) for acct, b in snap.balances}
         for m, (halted, last_price) in zip(eng._markets, snap.markets):
             m.halted, m.last_price = halted, last_price
         cids = dict(snap.client_order_ids)
@@ -419,14 +427,14 @@ class Engine:
             for order_id, account, side, price, qty, fee_whole, fee_frac, flags in rows:
                 eng._book.add(m.index, order_id, account, side, price, qty,
                               fee_whole * BPS + fee_frac, flags)
-                eng._register(order_id, account, cids.get(order_id, ""))
+                eng._register(order_id, eng._account(account), cids.get(order_id, ""))
         for row in snap.stops:
             stop = _Stop()
             (stop.order_id, stop.account, stop.market, stop.side, stop.type, stop.tif, stop.price,
              stop.qty, stop.quote_qty, stop.stop_price, stop.stp, stop.client_order_id,
              stop.reserve) = row
             eng._add_stop(stop)
-            eng._register(stop.order_id, stop.account, stop.client_order_id)
+            eng._register(stop.order_id, eng._account(stop.account), stop.client_order_id)
         return eng
 
     def state_hash(self) -> str:
@@ -442,10 +450,13 @@ class Engine:
         the book's own structure holds and no book is crossed."""
         self._book.validate()
         n_assets = len(self.assets)
+        bals = {acct: x.bal for acct, x in self._accounts.items()}
+        for acct, b in bals.items():
+            assert len(b) == 2 * n_assets, (acct, b)
         for a in range(n_assets):
-            total = sum(b[2 * a] + b[2 * a + 1] for b in self._bal.values())
+            total = sum(b[2 * a] + b[2 * a + 1] for b in bals.values())
             assert total == 0, f"{self._asset_names[a]} sums to {total}"
-        for acct, b in self._bal.items():
+        for acct, b in bals.items():
             assert b[1::2] == [0] * n_assets or acct >= FIRST_USER_ACCOUNT, (acct, b)
             if acct == SYSTEM_OUTSIDE:
                 continue
@@ -466,17 +477,19 @@ class Engine:
             key = (stop.account, m.quote if stop.side == BUY else m.base)
             reserved[key] = reserved.get(key, 0) + stop.reserve
             count[stop.account] = count.get(stop.account, 0) + 1
-        for acct, b in self._bal.items():
+        for acct, b in bals.items():
             for a in range(n_assets):
                 assert b[2 * a + 1] == reserved.get((acct, a), 0), \
                     f"account {acct} {self._asset_names[a]} locked {b[2 * a + 1]} != reserved {reserved.get((acct, a), 0)}"
-        assert {k: v for k, v in self._open_count.items() if v} == count, (self._open_count, count)
-        assert sum(map(len, self._cid_to_order.values())) == len(self._order_cid)
-        for acct, by_cid in self._cid_to_order.items():
-            assert by_cid, f"empty client id map kept for account {acct}"
-            for cid, oid in by_cid.items():
+        open_count = {acct: x.open for acct, x in self._accounts.items() if x.open}
+        assert open_count == count, (open_count, count)
+        assert sum(len(x.cids) for x in self._accounts.values()) == len(self._order_cid)
+        for acct, x in self._accounts.items():
+            for cid, oid in x.cids.items():
                 assert self._order_cid.get(oid) == cid
-            assert oid in self._stops or self._book.get(oid) is not None, oid
+                assert oid in self._stops or self._book.get(oid) is not None, oid
+                owner = self._stops[oid].account if oid in self._stops else self._book.get(oid)[1]
+                assert owner == acct, (oid, owner, acct)
 
     # ============================================================ internals
     def _reject(self, account, client_order_id, reason, order_id=0):
@@ -489,18 +502,18 @@ class Engine:
         """Reject a replace of one of the account's own open orders, naming its client id."""
         self._reject(account, self._order_cid.get(order_id, ""), reason, order_id)
 
-    def _balances(self, account: int) -> list[int]:
-        b = self._bal.get(account)
-        if b is None:
-            b = self._bal[account] = [0] * (2 * len(self.assets))
-        return b
+    def _account(self, account: int) -> _Account:
+        a = self._accounts.get(account)
+        if a is None:
+            a = self._accounts[account] = _Account([0] * (2 * len(self.assets)))
+        return a
 
-    def _transfer(self, asset: int, amount: int, source: int, source_locked: bool, target: int,
-                  target_locked: bool, kind: str, order_id: int = 0, trade_id: int = 0,
-                  ref: str = "") -> None:
-        """Move ``amount`` between two buckets and record it."""
+    def _transfer(self, asset: int, amount: int, source: int, sb: list, source_locked: bool,
+                  target: int, tb: list, target_locked: bool, kind: str, order_id: int = 0,
+                  trade_id: int = 0, ref: str = "") -> None:
+        """Move ``amount`` between two buckets and record it (``sb``/``tb``: the
+        source's and the target's balances, which the callers hold already)."""
         assert amount > 0, amount
-        sb, tb = self._bal[source], self._bal[target]
         si, ti = 2 * asset + source_locked, 2 * asset + target_locked
         sb[si] -= amount
         tb[ti] += amount
@@ -515,25 +528,19 @@ class Engine:
             return buy_reserve(price, qty, fee_numer, m.notional_unit, m.reserve_bps)
         return qty * m.base_unit
 
-    def _register(self, order_id: int, account: int, cid: str) -> None:
-        self._open_count[account] = self._open_count.get(account, 0) + 1
+    def _register(self, order_id: int, a: _Account, cid: str) -> None:
+        a.open += 1
         if cid:
-            by_cid = self._cid_to_order.get(account)
-            if by_cid is None:
-                by_cid = self._cid_to_order[account] = {}
-            by_cid[cid] = order_id
+            a.cids[cid] = order_id
             self._order_cid[order_id] = cid
 
-    def _close(self, order_id: int, account: int) -> None:
-        """The order is no longer open: forget its client id and count."""
-        self._open_count[account] -= 1
+    def _close(self, order_id: int, a: _Account) -> None:
+        """The order of account ``a`` is no longer open: forget its client id and count."""
+        a.open -= 1
         if self._order_cid:
             cid = self._order_cid.pop(order_id, None)
             if cid is not None:
-                by_cid = self._cid_to_order[account]
-                del by_cid[cid]
-                if not by_cid:
-                    del self._cid_to_order[account]
+                del a.cids[cid]
 
     def _add_stop(self, stop: _Stop) -> None:
         self._stops[stop.order_id] = stop
@@ -555,16 +562,36 @@ class Engine:
         m = self._market_by_symbol.get(c.symbol) if type(c.symbol) is str else None
         if m is None:
             return self._reject(account, cid, R.UNKNOWN_SYMBOL)
-        side = _SIDES.get(c.side) if type(c.side) is str else None
-        if side is None:
+        # The enumerated fields are compared, not looked up: a decoded string is
+        # a new object whose hash nobody has computed yet, and hashing costs more
+        # than the comparisons.
+        word = c.side
+        if type(word) is not str:
+            return self._reject(account, cid, R.INVALID_SIDE)
+        if word == "buy":
+            side = BUY
+        elif word == "sell":
+            side = SELL
+        else:
             return self._reject(account, cid, R.INVALID_SIDE)
         otype, tif = c.type, c.tif
-        if type(otype) is not str or otype not in _TYPES:
+        if type(otype) is not str or not (otype == "limit" or otype == "market"
+                                          or otype == "stop_limit" or otype == "stop_market"):
             return self._reject(account, cid, R.INVALID_TYPE)
-        if type(tif) is not str or tif not in _TIFS:
+        if type(tif) is not str or not (tif == "gtc" or tif == "ioc" or tif == "fok"):
             return self._reject(account, cid, R.INVALID_TIF)
-        stp = _STPS.get(c.stp) if type(c.stp) is str else None
-        if stp is None:
+        word = c.stp
+        if type(word) is not str:
+            return self._reject(account, cid, R.INVALID_STP)
+        if word == "cancel_newest":
+            stp = STP_CANCEL_NEWEST
+        elif word == "cancel_oldest":
+            stp = STP_CANCEL_OLDEST
+        elif word == "cancel_both":
+            stp = STP_CANCEL_BOTH
+        elif word == "decrement":
+            stp = STP_DECREMENT
+        else:
             return self._reject(account, cid, R.INVALID_STP)
         if m.halted:
             return self._reject(account, cid, R.HALTED)
@@ -597,10 +624,11 @@ class Engine:
                 notional = m.min_notional   # a market sell without a floor: its price is not known
             if notional < m.min_notional:
                 return self._reject(account, cid, R.BELOW_MIN_NOTIONAL)
-        if cid and cid in self._cid_to_order.get(account, ()):
+        acct = self._accounts.get(account)
+        if cid and acct is not None and cid in acct.cids:
             return self._reject(account, cid, R.DUPLICATE_CLIENT_ORDER_ID)
         may_rest = is_stop or (not is_market and tif == "gtc")
-        if may_rest and self._open_count.get(account, 0) >= self.max_open_orders:
+        if may_rest and acct is not None and acct.open >= self.max_open_orders:
             return self._reject(account, cid, R.TOO_MANY_OPEN_ORDERS)
         if post_only and self._book.crosses(m.index, side, price):
             return self._reject(account, cid, R.POST_ONLY_WOULD_TRADE)
@@ -611,8 +639,7 @@ class Engine:
             asset, reserve = m.quote, quote_qty
         else:
             asset, reserve = m.quote, buy_reserve(price, qty, 0, m.notional_unit, m.reserve_bps)
-        b = self._bal.get(account)
-        if b is None or b[2 * asset] < reserve:
+        if acct is None or acct.bal[2 * asset] < reserve:
             return self._reject(account, cid, R.INSUFFICIENT_FUNDS)
         if tif == "fok" and not is_stop and not self._book.can_fill(
                 m.index, side, (price if price is not None else (INT64_MAX if side == BUY else 1)),
@@ -624,8 +651,9 @@ class Engine:
         self._next_order_id = order_id + 1
         self._ev.append(Accepted(self._seq, order_id, account, cid, m.symbol, c.side, price,
                                  0 if quote_only else qty))
-        self._transfer(asset, reserve, account, False, account, True, "lock", order_id)
-        self._register(order_id, account, cid)
+        b = acct.bal
+        self._transfer(asset, reserve, account, b, False, account, b, True, "lock", order_id)
+        self._register(order_id, acct, cid)
         if is_stop:
             stop = _Stop()
             stop.order_id, stop.account, stop.market, stop.side = order_id, account, m.index, side
@@ -638,7 +666,7 @@ class Engine:
             return      # rested whole: nothing to match, no price can move
         else:
             t = _Taker()
-            t.order_id, t.account, t.side, t.qty = order_id, account, side, qty
+            t.order_id, t.account, t.acct, t.side, t.qty = order_id, account, acct, side, qty
             t.locked, t.fee_numer, t.stp, t.flags = reserve, 0, stp, _flags(post_only, stp)
             self._set_limits(t, m, is_market, tif, price, quote_qty)
             self._take(m, t)
@@ -677,13 +705,14 @@ class Engine:
             if t.qty and (stp_ended or not t.quote_only or t.locked):
                 self._ev.append(Cancelled(seq, order_id, account, 0 if t.quote_only else t.qty,
                                           R.CANCEL_STP if stp_ended else R.CANCEL_IOC))
-            self._close(order_id, account)
+            self._close(order_id, t.acct)
             keep = 0
         release = t.locked - keep
         assert release >= 0, (release, t.locked, keep)
         if release:
-            self._transfer(m.quote if taker_buys else m.base, release, account, True, account,
-                           False, "unlock", order_id)
+            b = t.acct.bal
+            self._transfer(m.quote if taker_buys else m.base, release, account, b, True, account,
+                           b, False, "unlock", order_id)
 
     def _settle(self, m: Market, t: _Taker, records) -> bool:
         """Apply the book's records for taker ``t``: trades with their transfers
@@ -694,8 +723,12 @@ class Engine:
         taker_buys = t.side == BUY
         side_name = _SIDE_NAMES[t.side]
         account, order_id = t.account, t.order_id
+        accounts, taker_bal = self._accounts, t.acct.bal
+        fees = accounts[SYSTEM_FEES].bal
         stp_ended = False
         for kind, maker_id, maker_account, price, qty, maker_left, maker_numer, maker_flags in records:
+            if kind != TAKER_CANCELLED:
+                maker = accounts[maker_account]
             if kind == FILL:
                 trade_id = self._next_trade_id
                 self._next_trade_id = trade_id + 1
@@ -711,25 +744,27 @@ class Engine:
                 # transfers (order_id) are its whole history
                 if taker_buys:
                     buyer, seller, buyer_fee, seller_fee = account, maker_account, taker_fee, maker_fee
+                    buyer_bal, seller_bal = taker_bal, maker.bal
                     buy_order, sell_order = order_id, maker_id
                     t.locked -= notional + taker_fee
                 else:
                     buyer, seller, buyer_fee, seller_fee = maker_account, account, maker_fee, taker_fee
+                    buyer_bal, seller_bal = maker.bal, taker_bal
                     buy_order, sell_order = maker_id, order_id
                     t.locked -= base_amount
                 ev.append(Trade(seq, trade_id, m.symbol, price, qty, maker_id, order_id,
                                 maker_account, account, side_name, maker_fee, taker_fee,
                                 maker_left, 0 if t.quote_only else t.qty))
-                self._transfer(m.base, base_amount, seller, True, buyer, False, "trade",
-                               sell_order, trade_id)
-                self._transfer(m.quote, notional, buyer, True, seller, False, "trade",
-                               buy_order, trade_id)
+                self._transfer(m.base, base_amount, seller, seller_bal, True, buyer, buyer_bal,
+                               False, "trade", sell_order, trade_id)
+                self._transfer(m.quote, notional, buyer, buyer_bal, True, seller, seller_bal,
+                               False, "trade", buy_order, trade_id)
                 if buyer_fee:
-                    self._transfer(m.quote, buyer_fee, buyer, True, SYSTEM_FEES, False, "fee",
-                                   buy_order, trade_id)
+                    self._transfer(m.quote, buyer_fee, buyer, buyer_bal, True, SYSTEM_FEES, fees,
+                                   False, "fee", buy_order, trade_id)
                 if seller_fee:
-                    self._transfer(m.quote, seller_fee, seller, False, SYSTEM_FEES, False, "fee",
-                                   sell_order, trade_id)
+                    self._transfer(m.quote, seller_fee, seller, seller_bal, False, SYSTEM_FEES,
+                                   fees, False, "fee", sell_order, trade_id)
                 if not taker_buys:
                     # the maker buyer held the worst-case fee; release what it did not cost
                     release = (buy_reserve(price, qty + maker_left, maker_numer, unit, reserve_bps)
@@ -737,27 +772,28 @@ class Engine:
                                - buy_reserve(price, maker_left, new_maker_numer, unit, reserve_bps))
                     assert release >= 0, release
                     if release:
-                        self._transfer(m.quote, release, maker_account, True, maker_account, False,
-                                       "unlock", maker_id, trade_id)
+                        self._transfer(m.quote, release, maker_account, maker.bal, True,
+                                       maker_account, maker.bal, False, "unlock", maker_id,
+                                       trade_id)
                 if maker_left:
                     if new_maker_numer != maker_numer:
                         book.set_fee(maker_id, new_maker_numer)
                 else:
-                    self._close(maker_id, maker_account)
+                    self._close(maker_id, maker)
                 m.last_price = price
             elif kind == MAKER_CANCELLED:
-                self._release_resting(m, maker_id, maker_account, not taker_buys, price, qty,
-                                      maker_numer, 0)
+                self._release_resting(m, maker_id, maker_account, maker.bal, not taker_buys, price,
+                                      qty, maker_numer, 0)
                 ev.append(Cancelled(seq, maker_id, maker_account, qty, R.CANCEL_STP))
-                self._close(maker_id, maker_account)
+                self._close(maker_id, maker)
             elif kind == MAKER_DECREMENTED:
-                self._release_resting(m, maker_id, maker_account, not taker_buys, price,
+                self._release_resting(m, maker_id, maker_account, maker.bal, not taker_buys, price,
                                       qty + maker_left, maker_numer, maker_left)
                 if maker_left:
                     ev.append(Replaced(seq, maker_id, maker_account, price, maker_left, True))
                 else:
                     ev.append(Cancelled(seq, maker_id, maker_account, qty, R.CANCEL_STP))
-                    self._close(maker_id, maker_account)
+                    self._close(maker_id, maker)
                 t.qty -= qty
                 if t.qty:
                     ev.append(Replaced(seq, order_id, account, 0 if t.market_order else t.limit,
@@ -769,8 +805,8 @@ class Engine:
                 stp_ended = True
         return stp_ended
 
-    def _release_resting(self, m: Market, order_id: int, account: int, buys: bool, price: int,
-                         qty_before: int, fee_numer: int, qty_after: int) -> None:
+    def _release_resting(self, m: Market, order_id: int, account: int, bal: list, buys: bool,
+                         price: int, qty_before: int, fee_numer: int, qty_after: int) -> None:
         """Unlock what a resting order reserved for the lots it no longer has."""
         if buys:
             amount = (buy_reserve(price, qty_before, fee_numer, m.notional_unit, m.reserve_bps)
@@ -780,7 +816,7 @@ class Engine:
             amount = (qty_before - qty_after) * m.base_unit
             asset = m.base
         if amount:
-            self._transfer(asset, amount, account, True, account, False, "unlock", order_id)
+            self._transfer(asset, amount, account, bal, True, account, bal, False, "unlock", order_id)
 
     def _run_stops(self, m: Market) -> None:
         """Trigger every stop the last trade price has reached, earliest
@@ -802,15 +838,16 @@ class Engine:
             self._ev.append(Triggered(self._seq, stop.order_id, stop.account))
             t = _Taker()
             t.order_id, t.account, t.side, t.qty = stop.order_id, stop.account, stop.side, stop.qty
+            t.acct = acct = self._accounts[stop.account]
             t.locked, t.fee_numer, t.stp, t.flags = stop.reserve, 0, stop.stp, _flags(False, stop.stp)
             is_market = stop.type == "stop_market"
             self._set_limits(t, m, is_market, stop.tif, stop.price, stop.quote_qty)
             if stop.tif == "fok" and not self._book.can_fill(m.index, t.side, t.limit, t.qty,
                                                              t.account, t.stp):
                 self._ev.append(Cancelled(self._seq, t.order_id, t.account, t.qty, R.CANCEL_FOK))
-                self._close(t.order_id, t.account)
-                self._transfer(m.quote if t.side == BUY else m.base, t.locked, t.account, True,
-                               t.account, False, "unlock", t.order_id)
+                self._close(t.order_id, acct)
+                self._transfer(m.quote if t.side == BUY else m.base, t.locked, t.account, acct.bal,
+                               True, t.account, acct.bal, False, "unlock", t.order_id)
                 continue
             self._take(m, t)
 
@@ -823,7 +860,8 @@ class Engine:
                 return self._reject(account, "", R.INVALID_COMBINATION)
             if type(cid) is not str:
                 return self._reject(account, "", R.INVALID_CLIENT_ORDER_ID)
-            order_id = self._cid_to_order.get(account, {}).get(cid)
+            acct = self._accounts.get(account)
+            order_id = acct.cids.get(cid) if acct is not None else None
             if order_id is None:
                 return self._reject(account, cid, R.UNKNOWN_ORDER)
         elif type(order_id) is not int:
@@ -831,20 +869,22 @@ class Engine:
         stop = self._stops.get(order_id)
         if stop is not None and stop.account == account:
             m = self._markets[stop.market]
+            acct = self._accounts[account]
             self._discard_stop(stop)
             self._ev.append(Cancelled(self._seq, order_id, account, stop.qty, R.CANCEL_USER))
-            self._close(order_id, account)
-            self._transfer(m.quote if stop.side == BUY else m.base, stop.reserve, account, True,
-                           account, False, "unlock", order_id)
+            self._close(order_id, acct)
+            self._transfer(m.quote if stop.side == BUY else m.base, stop.reserve, account,
+                           acct.bal, True, account, acct.bal, False, "unlock", order_id)
             return
         rec = self._book.get(order_id)
         if rec is None or rec[1] != account:
             return self._reject(account, cid, R.UNKNOWN_ORDER, order_id)
         instrument, _, side, price, qty, fee_numer, _ = self._book.remove(order_id)
         m = self._markets[instrument]
+        acct = self._accounts[account]
         self._ev.append(Cancelled(self._seq, order_id, account, qty, R.CANCEL_USER))
-        self._close(order_id, account)
-        self._release_resting(m, order_id, account, side == BUY, price, qty, fee_numer, 0)
+        self._close(order_id, acct)
+        self._release_resting(m, order_id, account, acct.bal, side == BUY, price, qty, fee_numer, 0)
 
     def _replace(self, c: ReplaceOrder) -> None:
         account, order_id, new_price, new_qty = c.account, c.order_id, c.price, c.qty
@@ -876,12 +916,14 @@ class Engine:
         if m.min_notional and new_price * new_qty * m.notional_unit < m.min_notional:
             return self._reject_amend(account, order_id, R.BELOW_MIN_NOTIONAL)
         seq, buys = self._seq, side == BUY
+        acct = self._accounts[account]
+        b = acct.bal
         if new_price == price and new_qty <= qty:
             # smaller (or equal) at the same price: keeps its place in the queue
             if new_qty < qty:
                 self._book.reduce(order_id, new_qty)
             self._ev.append(Replaced(seq, order_id, account, price, new_qty, True))
-            self._release_resting(m, order_id, account, buys, price, qty, fee_numer, new_qty)
+            self._release_resting(m, order_id, account, b, buys, price, qty, fee_numer, new_qty)
             return
         if flags & FLAG_POST_ONLY and self._book.crosses(instrument, side, new_price):
             return self._reject_amend(account, order_id, R.POST_ONLY_WOULD_TRADE)
@@ -894,18 +936,19 @@ class Engine:
             new_reserve = new_qty * m.base_unit
             extra = new_reserve - qty * m.base_unit
             asset = m.base
-        if extra > self._bal[account][2 * asset]:
+        if extra > b[2 * asset]:
             return self._reject_amend(account, order_id, R.INSUFFICIENT_FUNDS)
         self._ev.append(Replaced(seq, order_id, account, new_price, new_qty, False))
         if extra > 0:
-            self._transfer(asset, extra, account, False, account, True, "lock", order_id)
+            self._transfer(asset, extra, account, b, False, account, b, True, "lock", order_id)
         elif extra < 0:
-            self._transfer(asset, -extra, account, True, account, False, "unlock", order_id)
+            self._transfer(asset, -extra, account, b, True, account, b, False, "unlock", order_id)
         if self._book.move(order_id, new_price, new_qty):
             return          # rests at the back of its new level
         # it crosses at the new price: off the book, it matches like a new order
         t = _Taker()
         t.order_id, t.account, t.side, t.qty, t.limit = order_id, account, side, new_qty, new_price
+        t.acct = acct
         t.locked, t.fee_numer, t.stp, t.flags = new_reserve, fee_numer, flags >> 1, flags
         t.quote_only, t.budget, t.can_rest, t.market_order = False, NO_BUDGET, True, False
         self._take(m, t)
@@ -926,12 +969,12 @@ class Engine:
         if type(amount) is not int or amount == 0 or (amount < 0 and not isinstance(c, Adjust)):
             self._reject(account, "", R.INVALID_AMOUNT)
             return None
-        return asset, self._balances(account)
+        return asset, self._account(account).bal
 
     def _supply_room(self, asset: int) -> int:
         """How much more of an asset may enter: total supply stays <= int64 max,
         so no balance anywhere can overflow."""
-        return INT64_MAX + self._bal[SYSTEM_OUTSIDE][2 * asset]
+        return INT64_MAX + self._accounts[SYSTEM_OUTSIDE].bal[2 * asset]
 
     def _deposit(self, c: Deposit) -> None:
         if type(c.ref) is not str or len(c.ref) > REF_MAX:
@@ -939,10 +982,11 @@ class Engine:
         args = self._money_args(c, FIRST_USER_ACCOUNT)
         if args is None:
             return
-        asset, _ = args
+        asset, b = args
         if c.amount > self._supply_room(asset):
             return self._reject(c.account, "", R.AMOUNT_OVERFLOW)
-        self._transfer(asset, c.amount, SYSTEM_OUTSIDE, False, c.account, False, "deposit", 0, 0, c.ref)
+        self._transfer(asset, c.amount, SYSTEM_OUTSIDE, self._accounts[SYSTEM_OUTSIDE].bal, False,
+                       c.account, b, False, "deposit", 0, 0, c.ref)
 
     def _withdraw(self, c: Withdraw) -> None:
         if type(c.ref) is not str or len(c.ref) > REF_MAX:
@@ -953,7 +997,8 @@ class Engine:
         asset, b = args
         if b[2 * asset] < c.amount:
             return self._reject(c.account, "", R.INSUFFICIENT_FUNDS)
-        self._transfer(asset, c.amount, c.account, False, SYSTEM_OUTSIDE, False, "withdraw", 0, 0, c.ref)
+        self._transfer(asset, c.amount, c.account, b, False, SYSTEM_OUTSIDE,
+                       self._accounts[SYSTEM_OUTSIDE].bal, False, "withdraw", 0, 0, c.ref)
 
     def _adjust(self, c: Adjust) -> None:
         for text in (c.admin, c.reason):
@@ -971,10 +1016,13 @@ class Engine:
         before = b[2 * asset]
         self._ev.append(Adjusted(self._seq, c.account, c.asset, amount, c.admin, c.reason,
                                  before, before + amount))
+        outside = self._accounts[SYSTEM_OUTSIDE].bal
         if amount > 0:
-            self._transfer(asset, amount, SYSTEM_OUTSIDE, False, c.account, False, "adjust", 0, 0, c.reason)
+            self._transfer(asset, amount, SYSTEM_OUTSIDE, outside, False, c.account, b, False,
+                           "adjust", 0, 0, c.reason)
         else:
-            self._transfer(asset, -amount, c.account, False, SYSTEM_OUTSIDE, False, "adjust", 0, 0, c.reason)
+            self._transfer(asset, -amount, c.account, b, False, SYSTEM_OUTSIDE, outside, False,
+                           "adjust", 0, 0, c.reason)
 
     # ------------------------------------------------------------ instrument control
     def _halt(self, c: Halt) -> None:
