@@ -70,7 +70,7 @@ cdef class Engine:
     cpdef _Account _account(self, account)            # (restore() too)
     cdef _close(self, order_id, _Account a)
     cdef _discard_stop(self, _Stop stop)
-    cdef _set_limits(self, _Taker t, Market m, is_market, tif, price, quote_qty)
+    cdef _set_limits(self, _Taker t, Market m, bint is_market, bint gtc, price, quote_qty)
     cdef _take(self, Market m, _Taker t)
     @cython.locals(accounts=dict, maker=_Account, taker_bal=list, fees=list, buyer_bal=list,
                    seller_bal=list)
@@ -80,7 +80,8 @@ cdef class Engine:
     @cython.locals(acct=_Account)
     cdef _run_stops(self, Market m)
     # the commands (submit dispatches on the exact type)
-    @cython.locals(m=Market, acct=_Account, b=list)
+    @cython.locals(m=Market, acct=_Account, b=list, is_market=bint, is_stop=bint, gtc=bint,
+                   fok=bint, may_rest=bint)
     cdef _place(self, _PlaceOrder c)
     @cython.locals(m=Market, stop=_Stop, acct=_Account)
     cdef _cancel(self, _CancelOrder c)

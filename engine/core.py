@@ -575,10 +575,23 @@ class Engine:
         else:
             return self._reject(account, cid, R.INVALID_SIDE)
         otype, tif = c.type, c.tif
-        if type(otype) is not str or not (otype == "limit" or otype == "market"
-                                          or otype == "stop_limit" or otype == "stop_market"):
+        if type(otype) is not str:
             return self._reject(account, cid, R.INVALID_TYPE)
-        if type(tif) is not str or not (tif == "gtc" or tif == "ioc" or tif == "fok"):
+        if otype == "limit":
+            is_market = is_stop = False
+        elif otype == "market":
+            is_market, is_stop = True, False
+        elif otype == "stop_limit":
+            is_market, is_stop = False, True
+        elif otype == "stop_market":
+            is_market = is_stop = True
+        else:
+            return self._reject(account, cid, R.INVALID_TYPE)
+        if type(tif) is not str:
+            return self._reject(account, cid, R.INVALID_TIF)
+        gtc = tif == "gtc"
+        fok = not gtc and tif == "fok"
+        if not (gtc or fok or tif == "ioc"):
             return self._reject(account, cid, R.INVALID_TIF)
         word = c.stp
         if type(word) is not str:
@@ -596,11 +609,9 @@ class Engine:
         if m.halted:
             return self._reject(account, cid, R.HALTED)
         price, qty, quote_qty, stop_price, post_only = c.price, c.qty, c.quote_qty, c.stop_price, c.post_only
-        is_market = otype == "market" or otype == "stop_market"
-        is_stop = otype == "stop_limit" or otype == "stop_market"
         if (type(post_only) is not bool
-                or (post_only and (is_market or is_stop or tif != "gtc"))
-                or (quote_qty is not None and (not is_market or side != BUY or tif == "fok"))
+                or (post_only and (is_market or is_stop or not gtc))
+                or (quote_qty is not None and (not is_market or side != BUY or fok))
                 or (stop_price is not None and not is_stop)):
             return self._reject(account, cid, R.INVALID_COMBINATION)
         if is_market and side == BUY and quote_qty is None and price is None:
@@ -627,7 +638,7 @@ class Engine:
         acct = self._accounts.get(account)
         if cid and acct is not None and cid in acct.cids:
             return self._reject(account, cid, R.DUPLICATE_CLIENT_ORDER_ID)
-        may_rest = is_stop or (not is_market and tif == "gtc")
+        may_rest = is_stop or (not is_market and gtc)
         if may_rest and acct is not None and acct.open >= self.max_open_orders:
             return self._reject(account, cid, R.TOO_MANY_OPEN_ORDERS)
         if post_only and self._book.crosses(m.index, side, price):
@@ -641,7 +652,7 @@ class Engine:
             asset, reserve = m.quote, buy_reserve(price, qty, 0, m.notional_unit, m.reserve_bps)
         if acct is None or acct.bal[2 * asset] < reserve:
             return self._reject(account, cid, R.INSUFFICIENT_FUNDS)
-        if tif == "fok" and not is_stop and not self._book.can_fill(
+        if fok and not is_stop and not self._book.can_fill(
                 m.index, side, (price if price is not None else (INT64_MAX if side == BUY else 1)),
                 qty, account, stp):
             return self._reject(account, cid, R.FOK_UNFILLABLE)
@@ -661,21 +672,21 @@ class Engine:
             stop.quote_qty, stop.stop_price, stop.stp = quote_qty, stop_price, stp
             stop.client_order_id, stop.reserve = cid, reserve
             self._add_stop(stop)
-        elif not is_market and tif == "gtc" and self._book.rest(
+        elif not is_market and gtc and self._book.rest(
                 m.index, order_id, account, side, price, qty, 0, _flags(post_only, stp)):
             return      # rested whole: nothing to match, no price can move
         else:
             t = _Taker()
             t.order_id, t.account, t.acct, t.side, t.qty = order_id, account, acct, side, qty
             t.locked, t.fee_numer, t.stp, t.flags = reserve, 0, stp, _flags(post_only, stp)
-            self._set_limits(t, m, is_market, tif, price, quote_qty)
+            self._set_limits(t, m, is_market, gtc, price, quote_qty)
             self._take(m, t)
         if self._stops:
             self._run_stops(m)
 
-    def _set_limits(self, t: _Taker, m: Market, is_market: bool, tif: str, price, quote_qty):
+    def _set_limits(self, t: _Taker, m: Market, is_market: bool, gtc: bool, price, quote_qty):
         t.market_order = is_market
-        t.can_rest = not is_market and tif == "gtc"
+        t.can_rest = not is_market and gtc
         if price is not None:
             t.limit = price
         else:
@@ -841,7 +852,7 @@ class Engine:
             t.acct = acct = self._accounts[stop.account]
             t.locked, t.fee_numer, t.stp, t.flags = stop.reserve, 0, stop.stp, _flags(False, stop.stp)
             is_market = stop.type == "stop_market"
-            self._set_limits(t, m, is_market, stop.tif, stop.price, stop.quote_qty)
+            self._set_limits(t, m, is_market, stop.tif == "gtc", stop.price, stop.quote_qty)
             if stop.tif == "fok" and not self._book.can_fill(m.index, t.side, t.limit, t.qty,
                                                              t.account, t.stp):
                 self._ev.append(Cancelled(self._seq, t.order_id, t.account, t.qty, R.CANCEL_FOK))
