@@ -28,10 +28,17 @@ Layout (no Python object per resting order):
   better level's 12-byte entry; the engine's books are dense around the mid,
   so this is short in practice.  Prices are never used as an index: any
   price 1..2**63-1 works.
-* index: open-addressing hash map order_id -> order slot: Robin Hood linear
+* index: order_id -> order slot, in two places.  The window: an array of
+  slots (4 bytes each, NIL where no order rests) over a range of consecutive
+  ids -- the engine hands ids out in sequence, so a lookup reads one entry of
+  a dense array.  An id up to 1,024 past its end extends it; it never holds
+  more than max(4,096, 4 x (resting orders + 1)) ids, and when it would, the
+  orders of its older part move to the hash; emptied, it starts again at the
+  next id.  The hash, for every other id: open addressing, Robin Hood linear
   probing (load <= 1/2, backward-shift delete, no tombstones); blocks of 4
-  consecutive ids share a cache line, blocks scattered by splitmix64; key
-  and slot side by side in one bucket array.
+  consecutive ids share a cache line, blocks scattered by splitmix64; key and
+  slot side by side in one bucket array.  An id is in one of the two, never
+  both (inserts check it is absent; validate() checks it).
 
 ``fee_numer`` (opaque here) is kept as whole = numer // 10000 and
 frac = numer % 10000 (two integers, the same Python int comes back);
@@ -117,6 +124,13 @@ STP_CANCEL_NEWEST, STP_CANCEL_OLDEST, STP_CANCEL_BOTH, STP_DECREMENT = 0, 1, 2, 
 FILL, MAKER_CANCELLED, MAKER_DECREMENTED, TAKER_CANCELLED = 0, 1, 2, 3
 INT64_MAX_ = INT64_MAX
 NO_BUDGET = INT64_MAX
+
+# The id window (see "index" above): an id at most WIN_GAP past its end extends
+# it; it holds at most max(WIN_MIN, 4 * (resting orders + 1)) ids, and when it
+# would outgrow that, the ids of its older part move to the hash.
+cdef enum:
+    WIN_MIN = 4096
+    WIN_GAP = 1024
 
 cdef enum:
     K_FILL = 0
@@ -256,6 +270,14 @@ cdef class Book:
     cdef int64_t hcap             # power of two
     cdef uint64_t hmask
     cdef int hbits                # log2(hcap)
+    cdef int64_t n_hashed         # ids in htab
+    cdef int64_t hash_lo, hash_hi  # no id in htab lies outside (valid while n_hashed > 0)
+
+    cdef int32_t *win             # the id window: slot of id win_base + i, or NIL
+    cdef int64_t win_base
+    cdef int64_t win_len          # ids win_base .. win_base + win_len - 1
+    cdef int64_t win_cap          # entries allocated
+    cdef int64_t n_win            # ids in the window (entries that are not NIL)
 
     cdef Rec *recs                # match records, reused across calls
     cdef Py_ssize_t recs_cap
@@ -282,10 +304,12 @@ cdef class Book:
         self.lvls = <Level *>malloc(self.lvls_cap * sizeof(Level))
         self.hcap = 2048
         self.htab = <Bucket *>malloc(self.hcap * sizeof(Bucket))
+        self.win_cap = WIN_MIN
+        self.win = <int32_t *>malloc(self.win_cap * sizeof(int32_t))
         self.recs_cap = 64
         self.recs = <Rec *>malloc(self.recs_cap * sizeof(Rec))
         if (self.sides == NULL or self.orders == NULL or self.lvls == NULL
-                or self.htab == NULL or self.recs == NULL):
+                or self.htab == NULL or self.win == NULL or self.recs == NULL):
             raise MemoryError()
         self.orders_used = 0
         self.orders_free = NIL
@@ -297,6 +321,10 @@ cdef class Book:
         self.hbits = 11
         for i in range(self.hcap):
             self.htab[i].slot = NIL
+        self.n_hashed = 0
+        self.win_base = 0
+        self.win_len = 0
+        self.n_win = 0
 
     def __dealloc__(self):
         cdef Py_ssize_t i
@@ -308,6 +336,7 @@ cdef class Book:
         free(self.orders)
         free(self.lvls)
         free(self.htab)
+        free(self.win)
         free(self.recs)
 
     # ============================================================ hash index
@@ -347,7 +376,7 @@ cdef class Book:
             i = (i + 1) & self.hmask
             d += 1
 
-    cdef inline int32_t _find(self, int64_t key) noexcept:
+    cdef inline int32_t _hfind(self, int64_t key) noexcept:
         cdef int64_t b = self._bucket(key)
         return NIL if b < 0 else self.htab[b].slot
 
@@ -382,15 +411,19 @@ cdef class Book:
             j = (j + 1) & self.hmask
         self.htab[i].slot = NIL
 
-    cdef int _reserve_index(self) except -1:
-        """Room for one more id at load <= 1/2: double and rehash when needed."""
-        cdef int64_t new_cap, i
+    cdef int _reserve_index(self, int64_t more) except -1:
+        """Room for ``more`` ids in the hash at load <= 1/2: grow (by powers of
+        two) and rehash when needed."""
+        cdef int64_t new_cap = self.hcap, i
+        cdef int new_bits = self.hbits
         cdef Bucket *new_tab
         cdef Bucket *old_tab = self.htab
         cdef int64_t old_cap = self.hcap
-        if 2 * (<int64_t>self.n_orders + 1) <= self.hcap:
+        while 2 * (self.n_hashed + more) > new_cap:
+            new_cap *= 2
+            new_bits += 1
+        if new_cap == old_cap:
             return 0
-        new_cap = 2 * self.hcap
         new_tab = <Bucket *>malloc(new_cap * sizeof(Bucket))
         if new_tab == NULL:
             raise MemoryError()
@@ -398,12 +431,103 @@ cdef class Book:
             new_tab[i].slot = NIL
         self.htab, self.hcap = new_tab, new_cap
         self.hmask = <uint64_t>(new_cap - 1)
-        self.hbits += 1
+        self.hbits = new_bits
         for i in range(old_cap):
             if old_tab[i].slot != NIL:
                 self._hinsert(old_tab[i].key, old_tab[i].slot)
         free(old_tab)
         return 0
+
+    # ============================================================ id index
+    # One mapping in two places: an id is in the window (a plain array over a
+    # range of consecutive ids, which is where the engine's ids fall: it hands
+    # them out in sequence, so a lookup reads one 4-byte entry of a dense
+    # array instead of a bucket of a table twice the size of the book) or in
+    # the hash, never in both (an insert checks the id is absent).
+    cdef inline int32_t _find(self, int64_t key) noexcept:
+        cdef uint64_t d = <uint64_t>key - <uint64_t>self.win_base
+        cdef int32_t slot
+        if d < <uint64_t>self.win_len:
+            slot = self.win[d]
+            if slot != NIL:
+                return slot
+        if self.n_hashed == 0 or key < self.hash_lo or key > self.hash_hi:
+            return NIL
+        return self._hfind(key)
+
+    cdef int _index_reserve(self, int64_t key) except -1:
+        """Room to insert ``key`` (absent): afterwards ``_index_put(key)``
+        cannot fail.  May extend the window, or move its older ids to the hash:
+        the mapping stays the same."""
+        cdef uint64_t d
+        cdef int64_t new_len, limit, cut, i, moving, new_cap
+        cdef int32_t *p
+        if self.n_win == 0:             # an empty window starts again at this id
+            self.win_base = key
+            self.win_len = 0
+        d = <uint64_t>key - <uint64_t>self.win_base
+        if d < <uint64_t>self.win_len:
+            return 0
+        if d >= <uint64_t>self.win_len + WIN_GAP:
+            return self._reserve_index(1)       # far from the window: the hash
+        new_len = <int64_t>d + 1
+        limit = max(<int64_t>WIN_MIN, 4 * (<int64_t>self.n_orders + 1))
+        if new_len > limit:
+            # keep the newest limit/2 ids; the older ones move to the hash
+            cut = min(new_len - limit // 2, self.win_len)
+            moving = 0
+            for i in range(cut):
+                if self.win[i] != NIL:
+                    moving += 1
+            self._reserve_index(moving)
+            for i in range(cut):
+                if self.win[i] != NIL:
+                    self._hput(self.win_base + i, self.win[i])
+            memmove(self.win, self.win + cut, (self.win_len - cut) * sizeof(int32_t))
+            self.win_base += cut
+            self.win_len -= cut
+            self.n_win -= moving
+            new_len -= cut
+        if new_len > self.win_cap:
+            new_cap = max(2 * self.win_cap, new_len)
+            p = <int32_t *>realloc(self.win, new_cap * sizeof(int32_t))
+            if p == NULL:
+                raise MemoryError()
+            self.win, self.win_cap = p, new_cap
+        for i in range(self.win_len, new_len):
+            self.win[i] = NIL
+        self.win_len = new_len
+        return 0
+
+    cdef inline void _index_put(self, int64_t key, int32_t slot) noexcept:
+        """Insert ``key`` (absent, and _index_reserve made room for it, or it
+        just left the index: move)."""
+        cdef uint64_t d = <uint64_t>key - <uint64_t>self.win_base
+        if d < <uint64_t>self.win_len:
+            self.win[d] = slot
+            self.n_win += 1
+        else:
+            self._hput(key, slot)
+
+    cdef inline void _hput(self, int64_t key, int32_t slot) noexcept:
+        if self.n_hashed == 0:
+            self.hash_lo = self.hash_hi = key
+        elif key < self.hash_lo:
+            self.hash_lo = key
+        elif key > self.hash_hi:
+            self.hash_hi = key
+        self._hinsert(key, slot)
+        self.n_hashed += 1
+
+    cdef inline void _index_erase(self, int64_t key) noexcept:
+        """Delete ``key`` (present)."""
+        cdef uint64_t d = <uint64_t>key - <uint64_t>self.win_base
+        if d < <uint64_t>self.win_len and self.win[d] != NIL:
+            self.win[d] = NIL
+            self.n_win -= 1
+        else:
+            self._herase(key)
+            self.n_hashed -= 1
 
     # ============================================================ pools
     cdef int _reserve_order(self) except -1:
@@ -524,7 +648,7 @@ cdef class Book:
             lv.tail = o.prev
         lv.qty -= o.qty
         lv.count -= 1
-        self._herase(o.order_id)
+        self._index_erase(o.order_id)
         self._free_order(slot)
         if lv.count == 0:
             self._level_emptied(&self.sides[lv.side], li)
@@ -648,7 +772,7 @@ cdef class Book:
         _fee_split(fee_numer, &fee_whole, &fee_frac)
         # every allocation first: a MemoryError leaves the book as it was
         self._reserve_order()
-        self._reserve_index()
+        self._index_reserve(order_id)
         self._link(instrument, order_id, account, side, price, qty, fee_whole, fee_frac,
                    <int32_t>flags64)
         return True
@@ -749,7 +873,7 @@ cdef class Book:
         lv.qty += qty
         lv.count += 1
         self.n_orders += 1
-        self._hinsert(order_id, slot)
+        self._index_put(order_id, slot)
         return 0
 
     def remove(self, order_id):
@@ -830,7 +954,7 @@ cdef class Book:
             lv.tail = NIL
         lv.qty -= o.qty
         lv.count -= 1
-        self._herase(o.order_id)
+        self._index_erase(o.order_id)
         self._free_order(slot)
         if lv.count == 0:
             self._level_emptied(sd, li)     # the best level: leaves at once
@@ -1048,8 +1172,22 @@ cdef class Book:
             check(free_seen <= self.lvls_used, "level free chain cycle")
             li = self.lvls[li].head
         check(free_seen + self.n_levels == self.lvls_used, "level slots leaked")
-        # the index: every entry a live order, reachable from its home bucket
-        check(2 * <int64_t>self.n_orders <= self.hcap, "index load > 1/2")
+        # the window: every entry NIL or the slot of a live order with that id
+        check(0 <= self.win_len <= self.win_cap, "window counters")
+        check(self.n_win + self.n_hashed == self.n_orders, "index size")
+        seen = 0
+        for i in range(self.win_len):
+            slot = self.win[i]
+            if slot == NIL:
+                continue
+            seen += 1
+            check(0 <= slot < self.orders_used, "window slot out of range")
+            check(self.orders[slot].level != NIL, "window points at a free slot")
+            check(self.orders[slot].order_id == self.win_base + i, "window id != order id")
+            check(self._bucket(self.win_base + i) < 0, "an id in the window and the hash")
+        check(seen == self.n_win, "window size")
+        # the hash: every entry a live order, reachable from its home bucket
+        check(2 * self.n_hashed <= self.hcap, "index load > 1/2")
         check(self.hmask == <uint64_t>(self.hcap - 1)
               and (<uint64_t>1 << self.hbits) == <uint64_t>self.hcap, "index geometry")
         seen = 0
@@ -1061,6 +1199,7 @@ cdef class Book:
             check(0 <= slot < self.orders_used, "index slot out of range")
             check(self.orders[slot].level != NIL, "index points at a free slot")
             check(self.orders[slot].order_id == self.htab[i].key, "index key != order id")
+            check(self.hash_lo <= self.htab[i].key <= self.hash_hi, "hash id outside its bounds")
             check(self._bucket(self.htab[i].key) == i, "index entry not found by a lookup")
             probe = <int64_t>self._home(self.htab[i].key)
             while probe != i:
@@ -1070,7 +1209,7 @@ cdef class Book:
             probe = (i + 1) & <int64_t>self.hmask
             if self.htab[probe].slot != NIL:
                 check(self._dist(probe) <= self._dist(i) + 1, "index run out of Robin Hood order")
-        check(seen == self.n_orders, "index size")
+        check(seen == self.n_hashed, "hash size")
 
 
 cdef inline void check(bint ok, str what) except *:
@@ -1092,7 +1231,9 @@ def memory_stats(Book book):
         "order_pool_bytes": book.orders_cap * sizeof(Order),
         "level_pool_bytes": book.lvls_cap * sizeof(Level),
         "side_array_bytes": side_bytes + max(1, 2 * book.n_instruments) * sizeof(Side),
-        "index_bytes": book.hcap * sizeof(Bucket),
+        "index_bytes": book.hcap * sizeof(Bucket) + book.win_cap * sizeof(int32_t),
+        "index_window_bytes": book.win_cap * sizeof(int32_t),
+        "index_window_ids": book.n_win,
         "index_max_displacement": book._max_displacement(),
         "match_buffer_bytes": book.recs_cap * sizeof(Rec),
         "sizeof_order": sizeof(Order),

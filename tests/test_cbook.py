@@ -869,6 +869,63 @@ def test_index_stays_short_in_the_engines_steady_state():
 
 
 @needs_kernel
+def test_id_window_and_hash_hold_one_mapping():
+    """The kernel's id index is a window over consecutive ids plus a hash for
+    the rest.  Drive ids through every path -- the window growing, sliding
+    (older ids moving to the hash), emptying and starting again elsewhere;
+    ids far past it, below it, negative and at the int64 ends going to the
+    hash; moves of ids in either place -- against the reference, with
+    validate() (which checks each id is in exactly one place) all along."""
+    rnd = random.Random(21)
+    t = Twin(1)
+    live: list[int] = []
+    serial = 10**15
+
+    def add(oid):
+        side = rnd.randrange(2)
+        price = rnd.randrange(100, 1000) if side == ref.BUY else rnd.randrange(1001, 2000)
+        assert t.add(0, oid, 2, side, price, rnd.randrange(1, 9), 0, 0) is None
+        live.append(oid)
+
+    def drop(k):
+        i = rnd.randrange(len(live)) if k is None else k
+        live[i], live[-1] = live[-1], live[i]
+        oid = live.pop()
+        assert t.get(oid) is not None and t.remove(oid) is not None and t.get(oid) is None
+
+    for round_ in range(6):
+        for _ in range(12_000):             # the engine's pattern: ids in sequence, some skipped
+            serial += rnd.choice((1, 1, 1, 2, 7))
+            add(serial)
+            r = rnd.random()
+            if (r < 0.35 or len(live) > 3000) and live:     # a bounded book: the window slides
+                drop(None)
+            elif r < 0.45 and live:         # re-queue an order (its id leaves and comes back)
+                oid = live[rnd.randrange(len(live))]
+                side = t.get(oid)[2]
+                assert t.move(oid, rnd.randrange(100, 1000) if side == ref.BUY
+                              else rnd.randrange(1001, 2000), rnd.randrange(1, 9)) is True
+        for oid in (serial + 5000, serial + 10**9, 5 + round_, -(10**12) - round_,
+                    INT64_MAX - round_, -INT64_MAX - 1 + round_):
+            add(oid)                        # far from the window: the hash
+        serial += 6000                      # the window grows over serial + 5000, in the hash
+        t.check(1)
+        if round_ == 2:                     # empty the book: the window starts again
+            while live:
+                drop(0)
+            t.check(1)
+            serial += 10**6
+    stats = _cbook.memory_stats(t.cy)
+    # both places in use, and the window started again after the book emptied
+    assert len(live) // 10 < stats["index_window_ids"] < len(live)
+    # the window stays proportional to the book, not to the ids ever issued
+    assert stats["index_window_bytes"] <= 4 * 2 * max(4096, 4 * (len(live) + 1))
+    for oid in list(live):
+        assert t.remove(oid) is not None
+    t.check(1)
+
+
+@needs_kernel
 def test_long_fifo_at_one_level_stays_fast():
     """Complexity guard: 200,000 orders at one price, consumed and cancelled
     in FIFO order (consecutive ids fill consecutive buckets: a plain linear
