@@ -50,7 +50,9 @@ def _compiled_core():
         return None, f"not importable ({e})"
     if not _reads_commands_right(_ccore):
         return None, ("built for another layout of msgspec's command structs than this "
-                      "msgspec's, or for other command fields (engine/_commands.pxd)")
+                      "msgspec's, or for other command fields (engine/_commands.pxd): a "
+                      "rebuild does not change that; engine/_commands.pxd must describe "
+                      "this msgspec's layout")
     return _ccore, None
 
 
@@ -85,8 +87,10 @@ if not _PURE and (_core.CBook is None or _ccore is None):
         _problems.append("engine._cbook (the Cython order book) is not built")
     if _ccore is None:
         _problems.append(f"engine._ccore (the compiled engine core) is {_why_not}")
-    _warnings.warn("; ".join(_problems) + ": using pure Python for it. Build with "
-                   "`pip install -e .` (needs Cython and a C compiler).",
+    _rebuild = _core.CBook is None or not _why_not.startswith("built for another layout")
+    _warnings.warn("; ".join(_problems) + ": using pure Python for it."
+                   + (" Build with `pip install -e .` (needs Cython and a C compiler)."
+                      if _rebuild else ""),
                    RuntimeWarning, stacklevel=2)
 
 __all__ = ["Engine", "Asset", "Instrument", "BOOK_IMPLEMENTATION", "CORE_IMPLEMENTATION",

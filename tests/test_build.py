@@ -66,6 +66,7 @@ def test_compiled_core_from_another_source_is_not_used(tmp_path):
     assert flags[2:] == ["python", "python", "engine.core"], flags
     assert "engine._ccore (the compiled engine core) is stale: compiled from another version" in err
     assert "_cbook" not in err                          # the kernel is fine: no word about it
+    assert "Build with `pip install -e .`" in err       # a rebuild is the remedy here
     shutil.copy(os.path.join(os.path.dirname(engine.__file__), "core.py"), pkg / "core.py")
     assert show()[0][2:] == ["cython", "cython", "engine._ccore"]     # the source is back
     with open(pkg / "_ccore.pxd", "a") as f:            # its declarations count as source too
@@ -169,6 +170,7 @@ def test_command_struct_layout_is_checked_before_the_compiled_core_is_used(tmp_p
     assert where == str(pkg / "__init__.py")
     assert rest.split()[2:] == ["python", "python", "engine.core"], (rest, out.stderr)
     assert "another layout of msgspec's command structs" in out.stderr
+    assert "pip install -e" not in out.stderr       # a rebuild would not help here
 
 
 def test_source_distribution_carries_what_the_build_needs(tmp_path):
