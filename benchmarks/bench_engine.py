@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.flow import generate, market_config  # noqa: E402
 import engine  # noqa: E402
 from engine import available_books, core  # noqa: E402
-from engine.messages import Command, Deposit  # noqa: E402
+from engine.messages import Command, Deposit, PlaceOrder  # noqa: E402
 
 
 def as_received(commands):
@@ -214,6 +216,49 @@ def event_floor(config, setup, flow, repeat):
     return best
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def engine_memory(n: int, client_ids: bool) -> float:
+    """RSS bytes per resting order of the default engine (``engine.Engine``,
+    book="auto") holding ``n`` resting GTC orders from 1,000 accounts over
+    ~10,000 price levels, each with a client order id ("c<k>") or none.  The
+    commands are built and submitted 10,000 at a time, so what remains is the
+    engine's: its book, its per-order bookkeeping and, with client ids, the
+    id strings it keeps."""
+    assets, instruments = market_config()
+    eng = engine.Engine(assets, instruments, max_open_orders=n)
+    accounts = range(2, 1002)
+    for a in accounts:
+        for asset in assets:
+            eng.submit(Deposit(a, asset.name, 10**15))
+    symbol, mid = instruments[0].symbol, 3_000_000
+    gc.collect()
+    before = _rss_bytes()
+    for start in range(0, n, 10_000):
+        cmds = [PlaceOrder(2 + k % 1000, f"c{k}" if client_ids else "", symbol,
+                           "buy" if k % 2 == 0 else "sell",
+                           price=mid - 1 - k % 5000 if k % 2 == 0 else mid + 1 + k % 5000,
+                           qty=1 + k % 7)
+                for k in range(start, min(n, start + 10_000))]
+        for c in cmds:
+            eng.submit(c)
+        del cmds
+    gc.collect()
+    assert sum(eng.open_order_count(a) for a in accounts) == n, "not all orders rest"
+    return (_rss_bytes() - before) / n
+
+
+def engine_memory_child(n: int, client_ids: bool) -> float:
+    """``engine_memory`` in a fresh interpreter (nothing freed before skews it)."""
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--memory-child",
+                          "cid" if client_ids else "plain", "--memory-orders", str(n)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Engine.submit throughput and latency")
     ap.add_argument("--mix", nargs="+", default=["exchange_core", "insert_heavy"])
@@ -224,7 +269,13 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--prefill", type=int, default=2000)
+    ap.add_argument("--memory-orders", type=int, default=1_000_000,
+                    help="whole-engine memory at this many resting orders (0: skip)")
+    ap.add_argument("--memory-child", choices=("cid", "plain"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.memory_child:
+        print(json.dumps(engine_memory(args.memory_orders, args.memory_child == "cid")))
+        return
 
     print(f"# Engine.submit, {args.n:,} flow commands per mix, seed {args.seed}, "
           f"best of {args.repeat}; python {sys.version.split()[0]}")
@@ -289,6 +340,13 @@ def main(argv=None):
         floor_ns = events_ns + book_ns
         print(f"{mix:14s} {events_ns:10.0f} {book_ns:13.0f} {floor_ns:9.0f} {1e9 / floor_ns:13,.0f} "
               f"{'/'.join(fastest):>15s} {1e9 / rate:10.0f} {rate:10,.0f}")
+    if args.memory_orders:
+        n = args.memory_orders
+        print()
+        print(f"# memory: the default engine (core {engine.CORE_IMPLEMENTATION}, book "
+              f"{engine.BOOK_IMPLEMENTATION}) with {n:,} resting orders, RSS delta per order")
+        print(f"without client order ids {engine_memory_child(n, False):.0f} B/order; "
+              f"with them (\"c<k>\") {engine_memory_child(n, True):.0f} B/order")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from benchmarks import bench_book, bench_engine
 
 
 def test_bench_engine_prints_every_table(capsys):
-    bench_engine.main(["-n", "3000", "--repeat", "1", "--prefill", "200"])
+    bench_engine.main(["-n", "3000", "--repeat", "1", "--prefill", "200",
+                       "--memory-orders", "20000"])
     out = capsys.readouterr().out
     for mix in ("exchange_core", "insert_heavy"):
         rows = re.findall(rf"^{mix} +([a-z]+) +([a-z]+) +[\d,]+ +[\d,]+ ", out, re.M)
@@ -20,6 +21,8 @@ def test_bench_engine_prints_every_table(capsys):
     assert "# raw book operations" in out and "# floor:" in out
     floor = re.findall(r"^(exchange_core|insert_heavy) +\d+ +\d+ +(\d+) +[\d,]+ ", out, re.M)
     assert len(floor) == 2 and all(int(ns) > 0 for _, ns in floor), out[-800:]
+    assert re.search(r"^without client order ids -?\d+ B/order; with them .* -?\d+ B/order$",
+                     out, re.M), out[-400:]
 
 
 def test_bench_book_runs(capsys):
