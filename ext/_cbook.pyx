@@ -31,10 +31,15 @@ Layout (no Python object per resting order):
 * index: order_id -> order slot, in two places.  The window: an array of
   slots (4 bytes each, NIL where no order rests) over a range of consecutive
   ids -- the engine hands ids out in sequence, so a lookup reads one entry of
-  a dense array.  An id up to 1,024 past its end extends it; it never holds
-  more than max(4,096, 4 x (resting orders + 1)) ids, and when it would, the
-  orders of its older part move to the hash; emptied, it starts again at the
-  next id.  The hash, for every other id: open addressing, Robin Hood linear
+  a dense array.  An id up to 4,096 past its end extends it; an insert that
+  finds it longer than max(4,096, 4 x (resting orders + 1)) ids moves its
+  oldest ids to the hash, no more than it grows by plus 8 per insert (it is
+  circular: no shift, no pause over the whole window); an id farther from it
+  goes to the hash and moves the window's oldest 64 entries there too, so a
+  window the ids have left behind (the engine's ids after a run of over
+  4,096 orders that did not rest, or one far-off id) drains a little at a
+  time; emptied, it starts again at the next id.  Its array grows by
+  doubling and never shrinks.  The hash, for every other id: open addressing, Robin Hood linear
   probing (load <= 1/2, backward-shift delete, no tombstones); blocks of 4
   consecutive ids share a cache line, blocks scattered by splitmix64; key and
   slot side by side in one bucket array.  An id is in one of the two, never
@@ -126,11 +131,13 @@ INT64_MAX_ = INT64_MAX
 NO_BUDGET = INT64_MAX
 
 # The id window (see "index" above): an id at most WIN_GAP past its end extends
-# it; it holds at most max(WIN_MIN, 4 * (resting orders + 1)) ids, and when it
-# would outgrow that, the ids of its older part move to the hash.
+# it; an insert that finds it longer than max(WIN_MIN, 4 * (resting orders + 1))
+# ids moves its oldest ids to the hash (a few per insert), and so does, by
+# WIN_DRAIN, an insert of an id far from it (which goes to the hash).
 cdef enum:
     WIN_MIN = 4096
-    WIN_GAP = 1024
+    WIN_GAP = 4096
+    WIN_DRAIN = 64
 
 cdef enum:
     K_FILL = 0
@@ -273,10 +280,12 @@ cdef class Book:
     cdef int64_t n_hashed         # ids in htab
     cdef int64_t hash_lo, hash_hi  # no id in htab lies outside (valid while n_hashed > 0)
 
-    cdef int32_t *win             # the id window: slot of id win_base + i, or NIL
-    cdef int64_t win_base
+    cdef int32_t *win             # the id window, circular: the slot of id win_base + i
+    cdef int64_t win_base         # is win[(win_off + i) & win_mask], or NIL
     cdef int64_t win_len          # ids win_base .. win_base + win_len - 1
-    cdef int64_t win_cap          # entries allocated
+    cdef int64_t win_off
+    cdef int64_t win_cap          # entries allocated, a power of two
+    cdef uint64_t win_mask
     cdef int64_t n_win            # ids in the window (entries that are not NIL)
 
     cdef Rec *recs                # match records, reused across calls
@@ -324,6 +333,8 @@ cdef class Book:
         self.n_hashed = 0
         self.win_base = 0
         self.win_len = 0
+        self.win_off = 0
+        self.win_mask = <uint64_t>(self.win_cap - 1)
         self.n_win = 0
 
     def __dealloc__(self):
@@ -448,20 +459,27 @@ cdef class Book:
         cdef uint64_t d = <uint64_t>key - <uint64_t>self.win_base
         cdef int32_t slot
         if d < <uint64_t>self.win_len:
-            slot = self.win[d]
+            slot = self.win[(<uint64_t>self.win_off + d) & self.win_mask]
             if slot != NIL:
                 return slot
         if self.n_hashed == 0 or key < self.hash_lo or key > self.hash_hi:
             return NIL
         return self._hfind(key)
 
+    cdef inline int32_t *_wentry(self, int64_t i) noexcept:
+        """The window's entry for id win_base + i (0 <= i < win_cap)."""
+        return &self.win[(<uint64_t>self.win_off + <uint64_t>i) & self.win_mask]
+
     cdef int _index_reserve(self, int64_t key) except -1:
         """Room to insert ``key`` (absent): afterwards ``_index_put(key)``
-        cannot fail.  May extend the window, or move its older ids to the hash:
-        the mapping stays the same."""
+        cannot fail.  May extend the window, or move its oldest ids to the
+        hash: the mapping stays the same.  Bounded work per call: at most
+        WIN_GAP new entries and WIN_GAP + 8 moved ones, except to grow its
+        array (as a hash grows)."""
         cdef uint64_t d
         cdef int64_t new_len, limit, cut, i, moving, new_cap
         cdef int32_t *p
+        cdef int32_t slot
         if self.n_win == 0:             # an empty window starts again at this id
             self.win_base = key
             self.win_len = 0
@@ -469,42 +487,77 @@ cdef class Book:
         if d < <uint64_t>self.win_len:
             return 0
         if d >= <uint64_t>self.win_len + WIN_GAP:
-            return self._reserve_index(1)       # far from the window: the hash
+            # far from the window, behind it or ahead of it: the hash.  And the
+            # window's oldest WIN_DRAIN entries drain to the hash too, so that a
+            # window the ids have left (the engine's ids after a run of more than
+            # WIN_GAP orders that did not rest) empties a little at a time and
+            # starts again where they are now
+            cut = min(<int64_t>WIN_DRAIN, self.win_len)
+            moving = 0
+            for i in range(cut):
+                if self._wentry(i)[0] != NIL:
+                    moving += 1
+            self._reserve_index(moving + 1)
+            self._win_drop(cut, moving)
+            return 0
         new_len = <int64_t>d + 1
         limit = max(<int64_t>WIN_MIN, 4 * (<int64_t>self.n_orders + 1))
         if new_len > limit:
-            # keep the newest limit/2 ids; the older ones move to the hash
-            cut = min(new_len - limit // 2, self.win_len)
+            # over its bound: the oldest ids move to the hash, no more than the
+            # window grows by now plus 8 (so it shrinks back a little at a time)
+            cut = min(new_len - limit, new_len - self.win_len + 8, self.win_len)
             moving = 0
             for i in range(cut):
-                if self.win[i] != NIL:
+                if self._wentry(i)[0] != NIL:
                     moving += 1
             self._reserve_index(moving)
-            for i in range(cut):
-                if self.win[i] != NIL:
-                    self._hput(self.win_base + i, self.win[i])
-            memmove(self.win, self.win + cut, (self.win_len - cut) * sizeof(int32_t))
-            self.win_base += cut
-            self.win_len -= cut
-            self.n_win -= moving
+            self._win_drop(cut, moving)
             new_len -= cut
         if new_len > self.win_cap:
-            new_cap = max(2 * self.win_cap, new_len)
-            p = <int32_t *>realloc(self.win, new_cap * sizeof(int32_t))
-            if p == NULL:
-                raise MemoryError()
+            new_cap = self.win_cap
+            while new_cap < new_len:
+                new_cap *= 2
+            if self.win_off + self.win_len <= self.win_cap:
+                # not wrapped (as while it first grows): realloc, which may
+                # move the pages of a large block instead of copying them
+                p = <int32_t *>realloc(self.win, new_cap * sizeof(int32_t))
+                if p == NULL:
+                    raise MemoryError()
+            else:
+                p = <int32_t *>malloc(new_cap * sizeof(int32_t))
+                if p == NULL:
+                    raise MemoryError()
+                for i in range(self.win_len):       # unwrapped into the new array
+                    p[i] = self._wentry(i)[0]
+                free(self.win)
+                self.win_off = 0
             self.win, self.win_cap = p, new_cap
+            self.win_mask = <uint64_t>(new_cap - 1)
         for i in range(self.win_len, new_len):
-            self.win[i] = NIL
+            self._wentry(i)[0] = NIL
         self.win_len = new_len
         return 0
+
+    cdef void _win_drop(self, int64_t cut, int64_t moving) noexcept:
+        """Move the window's oldest ``cut`` ids (``moving`` of them resting,
+        room in the hash reserved) to the hash; the window starts after them."""
+        cdef int64_t i
+        cdef int32_t slot
+        for i in range(cut):
+            slot = self._wentry(i)[0]
+            if slot != NIL:
+                self._hput(<int64_t>(<uint64_t>self.win_base + <uint64_t>i), slot)
+        self.win_base = <int64_t>(<uint64_t>self.win_base + <uint64_t>cut)
+        self.win_off = (self.win_off + cut) & <int64_t>self.win_mask
+        self.win_len -= cut
+        self.n_win -= moving
 
     cdef inline void _index_put(self, int64_t key, int32_t slot) noexcept:
         """Insert ``key`` (absent, and _index_reserve made room for it, or it
         just left the index: move)."""
         cdef uint64_t d = <uint64_t>key - <uint64_t>self.win_base
         if d < <uint64_t>self.win_len:
-            self.win[d] = slot
+            self.win[(<uint64_t>self.win_off + d) & self.win_mask] = slot
             self.n_win += 1
         else:
             self._hput(key, slot)
@@ -522,12 +575,15 @@ cdef class Book:
     cdef inline void _index_erase(self, int64_t key) noexcept:
         """Delete ``key`` (present)."""
         cdef uint64_t d = <uint64_t>key - <uint64_t>self.win_base
-        if d < <uint64_t>self.win_len and self.win[d] != NIL:
-            self.win[d] = NIL
-            self.n_win -= 1
-        else:
-            self._herase(key)
-            self.n_hashed -= 1
+        cdef int32_t *e
+        if d < <uint64_t>self.win_len:
+            e = &self.win[(<uint64_t>self.win_off + d) & self.win_mask]
+            if e[0] != NIL:
+                e[0] = NIL
+                self.n_win -= 1
+                return
+        self._herase(key)
+        self.n_hashed -= 1
 
     # ============================================================ pools
     cdef int _reserve_order(self) except -1:
@@ -615,8 +671,9 @@ cdef class Book:
                 self._free_level(sd.levels[sd.n])
         else:
             sd.empty += 1
-            if sd.empty > 32 and 2 * sd.empty > sd.n:
-                self._compact(sd)
+        # (also after the best level left: the live entries are fewer now)
+        if sd.empty > 32 and 2 * sd.empty > sd.n:
+            self._compact(sd)
 
     cdef void _compact(self, Side *sd) noexcept:
         """Drop every empty entry (amortized O(1) per emptied level)."""
@@ -1173,18 +1230,21 @@ cdef class Book:
             li = self.lvls[li].head
         check(free_seen + self.n_levels == self.lvls_used, "level slots leaked")
         # the window: every entry NIL or the slot of a live order with that id
-        check(0 <= self.win_len <= self.win_cap, "window counters")
+        check(0 <= self.win_len <= self.win_cap and 0 <= self.win_off < self.win_cap
+              and self.win_mask == <uint64_t>(self.win_cap - 1)
+              and (self.win_cap & (self.win_cap - 1)) == 0, "window geometry")
         check(self.n_win + self.n_hashed == self.n_orders, "index size")
         seen = 0
         for i in range(self.win_len):
-            slot = self.win[i]
+            slot = self._wentry(i)[0]
             if slot == NIL:
                 continue
             seen += 1
+            key = <int64_t>(<uint64_t>self.win_base + <uint64_t>i)
             check(0 <= slot < self.orders_used, "window slot out of range")
             check(self.orders[slot].level != NIL, "window points at a free slot")
-            check(self.orders[slot].order_id == self.win_base + i, "window id != order id")
-            check(self._bucket(self.win_base + i) < 0, "an id in the window and the hash")
+            check(self.orders[slot].order_id == key, "window id != order id")
+            check(self._bucket(key) < 0, "an id in the window and the hash")
         check(seen == self.n_win, "window size")
         # the hash: every entry a live order, reachable from its home bucket
         check(2 * self.n_hashed <= self.hcap, "index load > 1/2")
@@ -1234,6 +1294,8 @@ def memory_stats(Book book):
         "index_bytes": book.hcap * sizeof(Bucket) + book.win_cap * sizeof(int32_t),
         "index_window_bytes": book.win_cap * sizeof(int32_t),
         "index_window_ids": book.n_win,
+        "index_window_span": book.win_len,
+        "index_window_offset": book.win_off,
         "index_max_displacement": book._max_displacement(),
         "match_buffer_bytes": book.recs_cap * sizeof(Rec),
         "sizeof_order": sizeof(Order),

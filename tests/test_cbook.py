@@ -920,8 +920,35 @@ def test_id_window_and_hash_hold_one_mapping():
     assert len(live) // 10 < stats["index_window_ids"] < len(live)
     # the window stays proportional to the book, not to the ids ever issued
     assert stats["index_window_bytes"] <= 4 * 2 * max(4096, 4 * (len(live) + 1))
+    # it is circular: sliding moved its start; now the book grows, so its array
+    # must grow while its ids wrap around the end of the array
+    wrapped = stats["index_window_offset"] + stats["index_window_span"] > stats["index_window_bytes"] // 4
+    grew = False
+    for _ in range(40_000):
+        serial += 1
+        add(serial)
+        now = _cbook.memory_stats(t.cy)
+        if now["index_window_bytes"] > stats["index_window_bytes"]:
+            grew = True
+            break
+        wrapped = wrapped or now["index_window_offset"] + now["index_window_span"] > now["index_window_bytes"] // 4
+    assert wrapped and grew, (stats, now)
+    t.check(1)
     for oid in list(live):
         assert t.remove(oid) is not None
+    t.check(1)
+
+
+@needs_kernel
+def test_validate_holds_after_the_best_level_leaves_many_empty_ones_behind():
+    """Emptied levels deep in a side stay as entries until they outnumber the
+    live ones; the best level leaving must trigger that compaction too."""
+    t = Twin(1)
+    for price in range(1, 67):
+        t.add(0, price, 2, ref.BUY, price, 1, 0, 0)
+    for oid in range(1, 34):            # 33 empty entries under 33 live levels
+        assert t.remove(oid) is not None
+    assert t.remove(66) is not None     # the best leaves: 33 empty, 32 live
     t.check(1)
 
 
