@@ -2,9 +2,9 @@
 
     python benchmarks/bench_engine.py [--mix exchange_core insert_heavy] [-n 300000]
                                       [--books python cython] [--cores python cython]
-                                      [--seed 1] [--repeat 3]
+                                      [--seed 1] [--repeat 3] [--memory-orders 1000000]
 
-Three tables per run.  Engine: commands/s and per-command latency percentiles
+Four tables per run.  Engine: commands/s and per-command latency percentiles
 of the whole ``Engine.submit``, for each engine core (the pure-Python
 ``engine.core.Engine``, or the same source compiled, ``engine._ccore``) on
 each book.  Book: the exact sequence of book calls
@@ -14,7 +14,8 @@ implementation; calls/s is the best of ``--repeat`` (at least 5) replays, the
 books taking turns.  Floor: a lower
 bound on the part of a command's time no engine logic can remove with this
 API -- building the events it returns, and its book calls' own work -- beside
-the fastest engine.
+the fastest engine.  Memory: the default engine's RSS per resting order with
+``--memory-orders`` resting orders, with and without client order ids (0 skips).
 
 For each mix the seeded flow (benchmarks/flow.py) is generated once, and its
 commands decoded from their msgpack encoding, untimed, as a decoder produces

@@ -6,7 +6,8 @@
 # ReplaceOrder fields from their slots (engine/_commands.pxd).  Money,
 # quantities and ids stay Python ints, except where a bound proves int64 holds
 # them (an asset index and two bucket flags in _transfer; buy_reserve's
-# arguments and notional, and its whole no-fills case), so the compiled
+# arguments and notional, and its whole no-fills case; an account's open-order
+# count; an order's type and time-in-force flags in _place), so the compiled
 # engine behaves exactly as the source (the
 # differential tests compare the two event for event).  The pure-Python run
 # ignores this file.
@@ -19,6 +20,7 @@ from engine._commands cimport PlaceOrder as _PlaceOrder, CancelOrder as _CancelO
 from engine._commands cimport ReplaceOrder as _ReplaceOrder
 
 cdef bint _is_id(object value)
+cdef bint _is_text(object value)
 @cython.locals(p=_PlaceOrder, x=_CancelOrder, r=_ReplaceOrder)
 cpdef dict _fields_as_read(c)
 cdef object _flags(object post_only, object stp)

@@ -74,6 +74,20 @@ def _is_id(value) -> bool:
     return type(value) is int and 0 <= value <= INT64_MAX
 
 
+def _is_text(value) -> bool:
+    """A str that UTF-8 -- the wire, the journal, the ledger -- can carry: not
+    one holding a lone surrogate, which only a command built in Python can."""
+    if type(value) is not str:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _fields_as_read(c) -> dict:
     """The fields of a PlaceOrder, CancelOrder or ReplaceOrder, by name, read as
     the command handlers read them: the compiled core reads them from the
@@ -261,8 +275,8 @@ class Engine:
                  max_open_orders: int = DEFAULT_MAX_OPEN_ORDERS):
         assets = list(assets)
         instruments = list(instruments)
-        if type(max_open_orders) is not int or max_open_orders < 1:
-            raise ValueError("max_open_orders must be an int >= 1")
+        if type(max_open_orders) is not int or not 1 <= max_open_orders <= INT64_MAX:
+            raise ValueError("max_open_orders must be an int in 1..2**63-1")
         self.assets = assets
         self.instruments = instruments
         self.max_open_orders = max_open_orders
@@ -495,7 +509,7 @@ class Engine:
     def _reject(self, account, client_order_id, reason, order_id=0):
         # echo the caller's ids only when they are ids we could have issued
         self._ev.append(Rejected(self._seq, account if _is_id(account) else 0,
-                                 client_order_id if type(client_order_id) is str else "",
+                                 client_order_id if _is_text(client_order_id) else "",
                                  reason, order_id if _is_id(order_id) else 0))
 
     def _reject_amend(self, account: int, order_id: int, reason: str) -> None:
@@ -557,7 +571,7 @@ class Engine:
         account, cid = c.account, c.client_order_id
         if type(account) is not int or not FIRST_USER_ACCOUNT <= account <= ACCOUNT_MAX:
             return self._reject(account, cid, R.INVALID_ACCOUNT)
-        if type(cid) is not str or len(cid) > CLIENT_ORDER_ID_MAX:
+        if not _is_text(cid) or len(cid) > CLIENT_ORDER_ID_MAX:
             return self._reject(account, cid, R.INVALID_CLIENT_ORDER_ID)
         m = self._market_by_symbol.get(c.symbol) if type(c.symbol) is str else None
         if m is None:
@@ -623,7 +637,7 @@ class Engine:
             return self._reject(account, cid, R.STOP_PRICE_OUT_OF_RANGE)
         if quote_qty is not None and (type(quote_qty) is not int or not 1 <= quote_qty <= INT64_MAX):
             return self._reject(account, cid, R.QUOTE_QTY_OUT_OF_RANGE)
-        quote_only = quote_qty is not None and qty == 0
+        quote_only = quote_qty is not None and type(qty) is int and qty == 0
         if not quote_only and (type(qty) is not int or not m.min_qty <= qty <= m.max_qty):
             return self._reject(account, cid, R.QTY_OUT_OF_RANGE)
         if m.min_notional:
@@ -988,7 +1002,7 @@ class Engine:
         return INT64_MAX + self._accounts[SYSTEM_OUTSIDE].bal[2 * asset]
 
     def _deposit(self, c: Deposit) -> None:
-        if type(c.ref) is not str or len(c.ref) > REF_MAX:
+        if not _is_text(c.ref) or len(c.ref) > REF_MAX:
             return self._reject(c.account, "", R.INVALID_REF)
         args = self._money_args(c, FIRST_USER_ACCOUNT)
         if args is None:
@@ -1000,7 +1014,7 @@ class Engine:
                        c.account, b, False, "deposit", 0, 0, c.ref)
 
     def _withdraw(self, c: Withdraw) -> None:
-        if type(c.ref) is not str or len(c.ref) > REF_MAX:
+        if not _is_text(c.ref) or len(c.ref) > REF_MAX:
             return self._reject(c.account, "", R.INVALID_REF)
         args = self._money_args(c, SYSTEM_FEES)    # fees may be swept out of account 1
         if args is None:
@@ -1013,7 +1027,7 @@ class Engine:
 
     def _adjust(self, c: Adjust) -> None:
         for text in (c.admin, c.reason):
-            if type(text) is not str or not text or len(text) > REF_MAX:
+            if not _is_text(text) or not text or len(text) > REF_MAX:
                 return self._reject(c.account, "", R.INVALID_REF)
         args = self._money_args(c, SYSTEM_FEES)
         if args is None:

@@ -17,6 +17,11 @@ from engine.messages import (Accepted, Adjust, CancelOrder, Deposit, Halt, Place
                              ReplaceOrder, Resume, Withdraw, decode_events, encode)
 
 INT64_MAX = 2**63 - 1
+LONE = "\ud800"            # a lone surrogate: a str UTF-8 cannot encode
+
+
+class _Int(int):
+    """An int subclass: not an int the engine accepts."""
 
 
 def po(account=2, side="buy", price=100, qty=10, cid="", symbol=SYMBOL, **kw):
@@ -104,6 +109,15 @@ def state_but_seq(eng):
     # ids no BIGINT can hold: rejected, and never echoed into an event the codec cannot carry
     po(account=2**63), Deposit(2**70, "USD", 5), CancelOrder(2**70, order_id=1),
     CancelOrder(2, order_id=2**70), ReplaceOrder(2, 2**64, price=5), ReplaceOrder(2**64, 1, price=5),
+    # text the wire cannot carry: rejected, and not echoed into the event
+    po(cid=LONE), po(cid="ok" + LONE, side="long"), CancelOrder(2, client_order_id=LONE),
+    Deposit(2, "USD", 5, ref=LONE), Withdraw(2, "USD", 5, ref=LONE),
+    Adjust(2, "USD", 5, LONE, "fix"), Adjust(2, "USD", 5, "ops", "fix" + LONE),
+    # a quote-sized stop's qty must still be the int 0 (or a valid quantity)
+    po(type="stop_market", stop_price=150, price=None, quote_qty=100, qty=0.0),
+    po(type="stop_market", stop_price=150, price=None, quote_qty=100, qty=False),
+    po(type="stop_market", stop_price=150, price=None, quote_qty=100, qty=_Int(0)),
+    po(type="market", price=None, quote_qty=100, qty=0.0),
 ])
 def test_garbage_is_rejected_not_raised(book, bad):
     eng = fresh(book)
@@ -112,8 +126,15 @@ def test_garbage_is_rejected_not_raised(book, bad):
     assert ev[0].reason in R.REJECT_REASONS
     assert decode_events(encode(ev)) == ev       # every event fits the wire and the ledger
     eng.validate()
+    eng.snapshot()
     # the engine carries on
     assert of(eng.submit(po()), Accepted)
+
+
+@pytest.mark.parametrize("limit", [0, -1, 2**63, 2**64, 1.5, True])
+def test_max_open_orders_must_fit_the_snapshot(book, limit):
+    with pytest.raises(ValueError):
+        engine_class(book)(ASSETS, [instrument()], book=book, max_open_orders=limit)
 
 
 _junk = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
