@@ -20,6 +20,7 @@ from engine._commands cimport PlaceOrder as _PlaceOrder, CancelOrder as _CancelO
 from engine._commands cimport ReplaceOrder as _ReplaceOrder
 
 cdef bint _is_id(object value)
+@cython.locals(text=str)
 cdef bint _is_text(object value)
 @cython.locals(p=_PlaceOrder, x=_CancelOrder, r=_ReplaceOrder)
 cpdef dict _fields_as_read(c)

@@ -79,10 +79,11 @@ def _is_text(value) -> bool:
     one holding a lone surrogate, which only a command built in Python can."""
     if type(value) is not str:
         return False
-    if value.isascii():
+    text = value
+    if text.isascii():
         return True
     try:
-        value.encode()
+        text.encode()
     except UnicodeEncodeError:
         return False
     return True
