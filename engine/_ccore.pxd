@@ -20,6 +20,8 @@ from engine._commands cimport PlaceOrder as _PlaceOrder, CancelOrder as _CancelO
 from engine._commands cimport ReplaceOrder as _ReplaceOrder
 
 cdef bint _is_id(object value)
+@cython.locals(i=Py_ssize_t, text=str, valid=str)
+cdef Py_ssize_t _word_code(object word, tuple words) noexcept
 @cython.locals(text=str)
 cdef bint _is_text(object value)
 @cython.locals(p=_PlaceOrder, x=_CancelOrder, r=_ReplaceOrder)
@@ -83,8 +85,8 @@ cdef class Engine:
     @cython.locals(acct=_Account)
     cdef _run_stops(self, Market m)
     # the commands (submit dispatches on the exact type)
-    @cython.locals(m=Market, acct=_Account, b=list, is_market=bint, is_stop=bint, gtc=bint,
-                   fok=bint, may_rest=bint)
+    @cython.locals(m=Market, acct=_Account, b=list, code=Py_ssize_t, is_market=bint,
+                   is_stop=bint, gtc=bint, fok=bint, may_rest=bint)
     cdef _place(self, _PlaceOrder c)
     @cython.locals(m=Market, stop=_Stop, acct=_Account)
     cdef _cancel(self, _CancelOrder c)

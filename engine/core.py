@@ -57,10 +57,13 @@ DEFAULT_MAX_OPEN_ORDERS = 1000
 SNAPSHOT_VERSION = 1
 
 AVAILABLE, LOCKED = "available", "locked"
-_SIDE_NAMES = ("buy", "sell")
-_STPS = {"cancel_newest": STP_CANCEL_NEWEST, "cancel_oldest": STP_CANCEL_OLDEST,
-         "cancel_both": STP_CANCEL_BOTH, "decrement": STP_DECREMENT}
-_STP_NAMES = {v: k for k, v in _STPS.items()}
+# the valid words of a PlaceOrder's enumerated fields, each at the position of its code
+_SIDE_NAMES = ("buy", "sell")                                   # BUY, SELL
+_STP_NAMES = ("cancel_newest", "cancel_oldest", "cancel_both", "decrement")     # STP_*
+_TYPE_NAMES = ("limit", "market", "stop_limit", "stop_market")  # bit 0: market, bit 1: stop
+_TIF_NAMES = ("gtc", "ioc", "fok")
+assert (BUY, SELL) == (0, 1)
+assert (STP_CANCEL_NEWEST, STP_CANCEL_OLDEST, STP_CANCEL_BOTH, STP_DECREMENT) == (0, 1, 2, 3)
 
 # per resting order, opaque to the book: bit 0 post-only, bits 1-2 the STP mode
 FLAG_POST_ONLY = 1
@@ -72,6 +75,20 @@ def _flags(post_only: bool, stp: int) -> int:
 
 def _is_id(value) -> bool:
     return type(value) is int and 0 <= value <= INT64_MAX
+
+
+def _word_code(word, words: tuple) -> int:
+    """The position of ``word`` among ``words``, or -1 when it is none of them
+    (or not a str).  Compared, not looked up: a decoded string is a new object
+    whose hash nobody has computed yet, and hashing costs more than the
+    comparisons."""
+    if type(word) is str:
+        text = word
+        for i in range(len(words)):
+            valid = words[i]
+            if text == valid:
+                return i
+    return -1
 
 
 def _is_text(value) -> bool:
@@ -577,49 +594,20 @@ class Engine:
         m = self._market_by_symbol.get(c.symbol) if type(c.symbol) is str else None
         if m is None:
             return self._reject(account, cid, R.UNKNOWN_SYMBOL)
-        # The enumerated fields are compared, not looked up: a decoded string is
-        # a new object whose hash nobody has computed yet, and hashing costs more
-        # than the comparisons.
-        word = c.side
-        if type(word) is not str:
-            return self._reject(account, cid, R.INVALID_SIDE)
-        if word == "buy":
-            side = BUY
-        elif word == "sell":
-            side = SELL
-        else:
+        side = _word_code(c.side, _SIDE_NAMES)
+        if side < 0:
             return self._reject(account, cid, R.INVALID_SIDE)
         otype, tif = c.type, c.tif
-        if type(otype) is not str:
+        code = _word_code(otype, _TYPE_NAMES)
+        if code < 0:
             return self._reject(account, cid, R.INVALID_TYPE)
-        if otype == "limit":
-            is_market = is_stop = False
-        elif otype == "market":
-            is_market, is_stop = True, False
-        elif otype == "stop_limit":
-            is_market, is_stop = False, True
-        elif otype == "stop_market":
-            is_market = is_stop = True
-        else:
-            return self._reject(account, cid, R.INVALID_TYPE)
-        if type(tif) is not str:
+        is_market, is_stop = (code & 1) == 1, code >= 2
+        code = _word_code(tif, _TIF_NAMES)
+        if code < 0:
             return self._reject(account, cid, R.INVALID_TIF)
-        gtc = tif == "gtc"
-        fok = not gtc and tif == "fok"
-        if not (gtc or fok or tif == "ioc"):
-            return self._reject(account, cid, R.INVALID_TIF)
-        word = c.stp
-        if type(word) is not str:
-            return self._reject(account, cid, R.INVALID_STP)
-        if word == "cancel_newest":
-            stp = STP_CANCEL_NEWEST
-        elif word == "cancel_oldest":
-            stp = STP_CANCEL_OLDEST
-        elif word == "cancel_both":
-            stp = STP_CANCEL_BOTH
-        elif word == "decrement":
-            stp = STP_DECREMENT
-        else:
+        gtc, fok = code == 0, code == 2
+        stp = _word_code(c.stp, _STP_NAMES)
+        if stp < 0:
             return self._reject(account, cid, R.INVALID_STP)
         if m.halted:
             return self._reject(account, cid, R.HALTED)
