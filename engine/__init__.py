@@ -49,11 +49,13 @@ def _compiled_core():
     except (ImportError, ValueError) as e:     # ValueError: a command struct's size changed
         return None, f"not importable ({e})"
     if not _reads_commands_right(_ccore):
-        return None, ("built for another layout of msgspec's command structs than this "
-                      "msgspec's, or for other command fields (engine/_commands.pxd): a "
-                      "rebuild does not change that; engine/_commands.pxd must describe "
-                      "this msgspec's layout")
+        return None, _WRONG_LAYOUT
     return _ccore, None
+
+
+_WRONG_LAYOUT = ("built for another layout of msgspec's command structs than this msgspec's, "
+                 "or for other command fields (engine/_commands.pxd): a rebuild does not "
+                 "change that; engine/_commands.pxd must describe this msgspec's layout")
 
 
 def _reads_commands_right(module) -> bool:
@@ -87,7 +89,7 @@ if not _PURE and (_core.CBook is None or _ccore is None):
         _problems.append("engine._cbook (the Cython order book) is not built")
     if _ccore is None:
         _problems.append(f"engine._ccore (the compiled engine core) is {_why_not}")
-    _rebuild = _core.CBook is None or not _why_not.startswith("built for another layout")
+    _rebuild = _core.CBook is None or _why_not != _WRONG_LAYOUT
     _warnings.warn("; ".join(_problems) + ": using pure Python for it."
                    + (" Build with `pip install -e .` (needs Cython and a C compiler)."
                       if _rebuild else ""),

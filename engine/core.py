@@ -321,10 +321,9 @@ class Engine:
         self.core_implementation = CORE_IMPLEMENTATION
         self._book = book_cls(len(self._markets))
         # account -> its balances, open order count and client order ids
-        self._accounts: dict[int, _Account] = {
-            SYSTEM_OUTSIDE: _Account([0] * (2 * len(assets))),
-            SYSTEM_FEES: _Account([0] * (2 * len(assets))),
-        }
+        self._accounts: dict[int, _Account] = {}
+        self._account(SYSTEM_OUTSIDE)
+        self._account(SYSTEM_FEES)
         self._seq = 0
         self._next_order_id = 1
         self._next_trade_id = 1
