@@ -459,7 +459,7 @@ cdef class Book:
         cdef uint64_t d = <uint64_t>key - <uint64_t>self.win_base
         cdef int32_t slot
         if d < <uint64_t>self.win_len:
-            slot = self.win[(<uint64_t>self.win_off + d) & self.win_mask]
+            slot = self._wentry(<int64_t>d)[0]
             if slot != NIL:
                 return slot
         if self.n_hashed == 0 or key < self.hash_lo or key > self.hash_hi:
@@ -477,9 +477,8 @@ cdef class Book:
         WIN_GAP new entries and WIN_GAP + 8 moved ones, except to grow its
         array (as a hash grows)."""
         cdef uint64_t d
-        cdef int64_t new_len, limit, cut, i, moving, new_cap
+        cdef int64_t new_len, limit, cut, i, new_cap
         cdef int32_t *p
-        cdef int32_t slot
         if self.n_win == 0:             # an empty window starts again at this id
             self.win_base = key
             self.win_len = 0
@@ -492,26 +491,14 @@ cdef class Book:
             # window the ids have left (the engine's ids after a run of more than
             # WIN_GAP orders that did not rest) empties a little at a time and
             # starts again where they are now
-            cut = min(<int64_t>WIN_DRAIN, self.win_len)
-            moving = 0
-            for i in range(cut):
-                if self._wentry(i)[0] != NIL:
-                    moving += 1
-            self._reserve_index(moving + 1)
-            self._win_drop(cut, moving)
-            return 0
+            return self._win_shed(min(<int64_t>WIN_DRAIN, self.win_len), 1)
         new_len = <int64_t>d + 1
         limit = max(<int64_t>WIN_MIN, 4 * (<int64_t>self.n_orders + 1))
         if new_len > limit:
             # over its bound: the oldest ids move to the hash, no more than the
             # window grows by now plus 8 (so it shrinks back a little at a time)
             cut = min(new_len - limit, new_len - self.win_len + 8, self.win_len)
-            moving = 0
-            for i in range(cut):
-                if self._wentry(i)[0] != NIL:
-                    moving += 1
-            self._reserve_index(moving)
-            self._win_drop(cut, moving)
+            self._win_shed(cut, 0)
             new_len -= cut
         if new_len > self.win_cap:
             new_cap = self.win_cap
@@ -538,11 +525,16 @@ cdef class Book:
         self.win_len = new_len
         return 0
 
-    cdef void _win_drop(self, int64_t cut, int64_t moving) noexcept:
-        """Move the window's oldest ``cut`` ids (``moving`` of them resting,
-        room in the hash reserved) to the hash; the window starts after them."""
-        cdef int64_t i
+    cdef int _win_shed(self, int64_t cut, int64_t more) except -1:
+        """Move the window's oldest ``cut`` ids to the hash (the window starts
+        after them), with room left in the hash for ``more`` ids besides; the
+        room is made first, so a MemoryError leaves both as they were."""
+        cdef int64_t i, moving = 0
         cdef int32_t slot
+        for i in range(cut):
+            if self._wentry(i)[0] != NIL:
+                moving += 1
+        self._reserve_index(moving + more)
         for i in range(cut):
             slot = self._wentry(i)[0]
             if slot != NIL:
@@ -551,13 +543,14 @@ cdef class Book:
         self.win_off = (self.win_off + cut) & <int64_t>self.win_mask
         self.win_len -= cut
         self.n_win -= moving
+        return 0
 
     cdef inline void _index_put(self, int64_t key, int32_t slot) noexcept:
         """Insert ``key`` (absent, and _index_reserve made room for it, or it
         just left the index: move)."""
         cdef uint64_t d = <uint64_t>key - <uint64_t>self.win_base
         if d < <uint64_t>self.win_len:
-            self.win[(<uint64_t>self.win_off + d) & self.win_mask] = slot
+            self._wentry(<int64_t>d)[0] = slot
             self.n_win += 1
         else:
             self._hput(key, slot)
@@ -577,7 +570,7 @@ cdef class Book:
         cdef uint64_t d = <uint64_t>key - <uint64_t>self.win_base
         cdef int32_t *e
         if d < <uint64_t>self.win_len:
-            e = &self.win[(<uint64_t>self.win_off + d) & self.win_mask]
+            e = self._wentry(<int64_t>d)
             if e[0] != NIL:
                 e[0] = NIL
                 self.n_win -= 1
