@@ -45,6 +45,7 @@ from msgspec.structs import astuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.bench_book import _rss_bytes  # noqa: E402
 from benchmarks.flow import generate, market_config  # noqa: E402
 import engine  # noqa: E402
 from engine import available_books, core  # noqa: E402
@@ -215,11 +216,6 @@ def event_floor(config, setup, flow, repeat):
         gc.enable()
         best = dt if best is None or dt < best else best
     return best
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
 
 
 def engine_memory(n: int, client_ids: bool) -> float:
