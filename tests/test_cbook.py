@@ -922,8 +922,10 @@ def test_id_window_and_hash_hold_one_mapping():
     assert stats["index_window_bytes"] <= 4 * 2 * max(4096, 4 * (len(live) + 1))
     # it is circular: sliding moved its start; now the book grows, so its array
     # must grow while its ids wrap around the end of the array
-    wrapped = stats["index_window_offset"] + stats["index_window_span"] > stats["index_window_bytes"] // 4
-    grew = False
+    def wraps(st):
+        return st["index_window_offset"] + st["index_window_span"] > st["index_window_bytes"] // 4
+
+    wrapped, grew = wraps(stats), False
     for _ in range(40_000):
         serial += 1
         add(serial)
@@ -931,7 +933,7 @@ def test_id_window_and_hash_hold_one_mapping():
         if now["index_window_bytes"] > stats["index_window_bytes"]:
             grew = True
             break
-        wrapped = wrapped or now["index_window_offset"] + now["index_window_span"] > now["index_window_bytes"] // 4
+        wrapped = wrapped or wraps(now)
     assert wrapped and grew, (stats, now)
     t.check(1)
     for oid in list(live):
