@@ -518,8 +518,10 @@ class Engine:
         for acct, x in self._accounts.items():
             for cid, oid in x.cids.items():
                 assert self._order_cid.get(oid) == cid
-                assert oid in self._stops or self._book.get(oid) is not None, oid
-                owner = self._stops[oid].account if oid in self._stops else self._book.get(oid)[1]
+                stop = self._stops.get(oid)
+                rec = self._book.get(oid) if stop is None else None
+                assert stop is not None or rec is not None, oid
+                owner = stop.account if stop is not None else rec[1]
                 assert owner == acct, (oid, owner, acct)
 
     # ============================================================ internals
