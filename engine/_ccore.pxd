@@ -5,7 +5,7 @@
 # C-level methods, and the command handlers read PlaceOrder/CancelOrder/
 # ReplaceOrder fields from their slots (engine/_commands.pxd).  Money,
 # quantities and ids stay Python ints, except where a bound proves int64 holds
-# them (an asset index and two bucket flags in _transfer; buy_reserve's
+# them (an asset index and two bucket slots in _transfer; buy_reserve's
 # arguments and notional, and its whole no-fills case; an account's open-order
 # count; an order's type and time-in-force flags in _place), so the compiled
 # engine behaves exactly as the source (the
@@ -67,8 +67,8 @@ cdef class Engine:
     cdef _reject(self, account, client_order_id, reason, order_id=*)
     cdef _reject_amend(self, account, order_id, reason)
     @cython.locals(si=Py_ssize_t, ti=Py_ssize_t)
-    cdef _transfer(self, Py_ssize_t asset, amount, source, list sb, bint source_locked, target,
-                   list tb, bint target_locked, kind, order_id=*, trade_id=*, ref=*)
+    cdef _transfer(self, Py_ssize_t asset, amount, source, list sb, source_bucket, target,
+                   list tb, target_bucket, kind, order_id=*, trade_id=*, ref=*)
     cdef _resting_reserve(self, Market m, side, price, qty, fee_numer)
     cpdef _register(self, order_id, _Account a, cid)  # cpdef: restore() calls it on the
     cpdef _add_stop(self, _Stop stop)                 # engine it builds, as Python does
@@ -85,8 +85,8 @@ cdef class Engine:
     @cython.locals(acct=_Account)
     cdef _run_stops(self, Market m)
     # the commands (submit dispatches on the exact type)
-    @cython.locals(m=Market, acct=_Account, b=list, code=Py_ssize_t, is_market=bint,
-                   is_stop=bint, gtc=bint, fok=bint, may_rest=bint)
+    @cython.locals(m=Market, acct=_Account, b=list, type_code=Py_ssize_t, tif_code=Py_ssize_t,
+                   is_market=bint, is_stop=bint, gtc=bint, fok=bint, may_rest=bint)
     cdef _place(self, _PlaceOrder c)
     @cython.locals(m=Market, stop=_Stop, acct=_Account)
     cdef _cancel(self, _CancelOrder c)

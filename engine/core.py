@@ -30,11 +30,13 @@ import msgspec
 from sortedcontainers import SortedList
 
 from . import reasons as R
-from .book import (BUY, FILL, INT64_MAX, MAKER_CANCELLED, MAKER_DECREMENTED, NO_BUDGET, SELL,
+from .book import (BUY, FILL, MAKER_CANCELLED, MAKER_DECREMENTED, NO_BUDGET, SELL,
                    STP_CANCEL_BOTH, STP_CANCEL_NEWEST, STP_CANCEL_OLDEST, STP_DECREMENT,
                    TAKER_CANCELLED)
 from .book import Book as PyBook
-from .domain import BPS, DEFAULT_MAX_PRICE_TICKS, Asset, Instrument, _whole
+from .domain import BPS, DEFAULT_MAX_PRICE_TICKS, INT64_MAX, Asset, Instrument, _whole
+from .ledger import (AVAILABLE, FIRST_USER_ACCOUNT, KIND_ADJUST, KIND_DEPOSIT, KIND_FEE, KIND_LOCK,
+                     KIND_TRADE, KIND_UNLOCK, KIND_WITHDRAW, LOCKED, SYSTEM_FEES, SYSTEM_OUTSIDE)
 from .messages import (Accepted, Adjust, Adjusted, CancelOrder, Cancelled, Deposit, Halt, Halted,
                        PlaceOrder, Rejected, ReplaceOrder, Replaced, Resume, Resumed, Trade,
                        Transfer, Triggered, Withdraw)
@@ -47,21 +49,19 @@ except ImportError:  # pragma: no cover - depends on the build
 # "cython" when this module runs as engine._ccore, compiled from this source
 CORE_IMPLEMENTATION = "cython" if __name__.rpartition(".")[2] == "_ccore" else "python"
 
-SYSTEM_OUTSIDE = 0          # the outside world: deposits come from it, withdrawals go to it
-SYSTEM_FEES = 1             # collects fees
-FIRST_USER_ACCOUNT = 2
 ACCOUNT_MAX = INT64_MAX     # account ids are BIGINTs downstream (wire, ledger)
 CLIENT_ORDER_ID_MAX = 64    # characters
 REF_MAX = 256               # characters of ref, admin, reason
 DEFAULT_MAX_OPEN_ORDERS = 1000
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2         # 2: a stop's type and time in force are their codes
 
-AVAILABLE, LOCKED = "available", "locked"
 # the valid words of a PlaceOrder's enumerated fields, each at the position of its code
 _SIDE_NAMES = ("buy", "sell")                                   # BUY, SELL
 _STP_NAMES = ("cancel_newest", "cancel_oldest", "cancel_both", "decrement")     # STP_*
-_TYPE_NAMES = ("limit", "market", "stop_limit", "stop_market")  # bit 0: market, bit 1: stop
-_TIF_NAMES = ("gtc", "ioc", "fok")
+_TYPE_NAMES = ("limit", "market", "stop_limit", "stop_market")  # TYPE_MARKET | TYPE_STOP bits
+_TIF_NAMES = ("gtc", "ioc", "fok")                              # TIF_*
+TYPE_MARKET, TYPE_STOP = 1, 2   # an order type's code is the sum of the bits it has
+TIF_GTC, TIF_IOC, TIF_FOK = 0, 1, 2
 assert (BUY, SELL) == (0, 1)
 assert (STP_CANCEL_NEWEST, STP_CANCEL_OLDEST, STP_CANCEL_BOTH, STP_DECREMENT) == (0, 1, 2, 3)
 
@@ -92,11 +92,14 @@ def _word_code(word, words: tuple) -> int:
 
 
 def _is_text(value) -> bool:
-    """A str that UTF-8 -- the wire, the journal, the ledger -- can carry: not
-    one holding a lone surrogate, which only a command built in Python can."""
+    """A str that the wire, the journal and the ledger can all carry: no NUL
+    (PostgreSQL text refuses it) and no lone surrogate (UTF-8 cannot encode
+    it; only a command built in Python can hold one)."""
     if type(value) is not str:
         return False
     text = value
+    if "\x00" in text:
+        return False
     if text.isascii():
         return True
     try:
@@ -242,7 +245,8 @@ def budget_notional(budget: int, taker_bps: int) -> int:
 
 
 class _Stop:
-    """A stop order waiting for its trigger (kept here, not in the book)."""
+    """A stop order waiting for its trigger (kept here, not in the book);
+    ``type`` and ``tif`` are their codes (positions in _TYPE_NAMES, _TIF_NAMES)."""
     __slots__ = ("order_id", "account", "market", "side", "type", "tif", "price", "qty",
                  "quote_qty", "stop_price", "stp", "client_order_id", "reserve")
 
@@ -396,15 +400,16 @@ class Engine:
         if stop is not None:
             return {"order_id": order_id, "status": "stop", "account": stop.account,
                     "symbol": self._markets[stop.market].symbol, "side": _SIDE_NAMES[stop.side],
-                    "type": stop.type, "price": stop.price, "qty": stop.qty,
-                    "stop_price": stop.stop_price, "reserved": stop.reserve}
+                    "type": _TYPE_NAMES[stop.type], "tif": _TIF_NAMES[stop.tif],
+                    "price": stop.price, "qty": stop.qty, "stop_price": stop.stop_price,
+                    "reserved": stop.reserve, "client_order_id": stop.client_order_id}
         rec = self._book.get(order_id)
         if rec is None:
             return None
         instrument, account, side, price, qty, fee_numer, flags = rec
         m = self._markets[instrument]
         return {"order_id": order_id, "status": "resting", "account": account,
-                "symbol": m.symbol, "side": _SIDE_NAMES[side], "type": "limit",
+                "symbol": m.symbol, "side": _SIDE_NAMES[side], "type": "limit", "tif": "gtc",
                 "price": price, "qty": qty, "post_only": bool(flags & FLAG_POST_ONLY),
                 "stp": _STP_NAMES[flags >> 1], "fee_numer": fee_numer,
                 "reserved": self._resting_reserve(m, side, price, qty, fee_numer),
@@ -541,20 +546,20 @@ class Engine:
             a = self._accounts[account] = _Account([0] * (2 * len(self.assets)))
         return a
 
-    def _transfer(self, asset: int, amount: int, source: int, sb: list, source_locked: bool,
-                  target: int, tb: list, target_locked: bool, kind: str, order_id: int = 0,
+    def _transfer(self, asset: int, amount: int, source: int, sb: list, source_bucket: str,
+                  target: int, tb: list, target_bucket: str, kind: str, order_id: int = 0,
                   trade_id: int = 0, ref: str = "") -> None:
-        """Move ``amount`` between two buckets and record it (``sb``/``tb``: the
-        source's and the target's balances, which the callers hold already)."""
+        """Move ``amount`` from the source's bucket to the target's and record it
+        (``sb``/``tb``: the source's and the target's balances, which the callers
+        hold already; a bucket is ``AVAILABLE`` or ``LOCKED`` itself)."""
         assert amount > 0, amount
-        si, ti = 2 * asset + source_locked, 2 * asset + target_locked
+        si, ti = 2 * asset + (source_bucket is LOCKED), 2 * asset + (target_bucket is LOCKED)
         sb[si] -= amount
         tb[ti] += amount
-        assert sb[si] >= 0 or source == SYSTEM_OUTSIDE, (source, asset, source_locked, sb[si])
-        self._ev.append(Transfer(self._seq, self._asset_names[asset], amount,
-                                 source, LOCKED if source_locked else AVAILABLE,
-                                 target, LOCKED if target_locked else AVAILABLE,
-                                 kind, ref, order_id, trade_id, sb[si], tb[ti]))
+        assert sb[si] >= 0 or source == SYSTEM_OUTSIDE, (source, asset, source_bucket, sb[si])
+        self._ev.append(Transfer(self._seq, self._asset_names[asset], amount, source,
+                                 source_bucket, target, target_bucket, kind, ref, order_id,
+                                 trade_id, sb[si], tb[ti]))
 
     def _resting_reserve(self, m: Market, side: int, price: int, qty: int, fee_numer: int) -> int:
         if side == BUY:
@@ -599,14 +604,14 @@ class Engine:
         if side < 0:
             return self._reject(account, cid, R.INVALID_SIDE)
         otype, tif = c.type, c.tif
-        code = _word_code(otype, _TYPE_NAMES)
-        if code < 0:
+        type_code = _word_code(otype, _TYPE_NAMES)
+        if type_code < 0:
             return self._reject(account, cid, R.INVALID_TYPE)
-        is_market, is_stop = (code & 1) == 1, code >= 2
-        code = _word_code(tif, _TIF_NAMES)
-        if code < 0:
+        is_market, is_stop = (type_code & TYPE_MARKET) != 0, (type_code & TYPE_STOP) != 0
+        tif_code = _word_code(tif, _TIF_NAMES)
+        if tif_code < 0:
             return self._reject(account, cid, R.INVALID_TIF)
-        gtc, fok = code == 0, code == 2
+        gtc, fok = tif_code == TIF_GTC, tif_code == TIF_FOK
         stp = _word_code(c.stp, _STP_NAMES)
         if stp < 0:
             return self._reject(account, cid, R.INVALID_STP)
@@ -667,12 +672,13 @@ class Engine:
         self._ev.append(Accepted(self._seq, order_id, account, cid, m.symbol, c.side, price,
                                  0 if quote_only else qty))
         b = acct.bal
-        self._transfer(asset, reserve, account, b, False, account, b, True, "lock", order_id)
+        self._transfer(asset, reserve, account, b, AVAILABLE, account, b, LOCKED, KIND_LOCK,
+                       order_id)
         self._register(order_id, acct, cid)
         if is_stop:
             stop = _Stop()
             stop.order_id, stop.account, stop.market, stop.side = order_id, account, m.index, side
-            stop.type, stop.tif, stop.price, stop.qty = otype, tif, price, qty
+            stop.type, stop.tif, stop.price, stop.qty = type_code, tif_code, price, qty
             stop.quote_qty, stop.stop_price, stop.stp = quote_qty, stop_price, stp
             stop.client_order_id, stop.reserve = cid, reserve
             self._add_stop(stop)
@@ -726,8 +732,8 @@ class Engine:
         assert release >= 0, (release, t.locked, keep)
         if release:
             b = t.acct.bal
-            self._transfer(m.quote if taker_buys else m.base, release, account, b, True, account,
-                           b, False, "unlock", order_id)
+            self._transfer(m.quote if taker_buys else m.base, release, account, b, LOCKED, account,
+                           b, AVAILABLE, KIND_UNLOCK, order_id)
 
     def _settle(self, m: Market, t: _Taker, records) -> bool:
         """Apply the book's records for taker ``t``: trades with their transfers
@@ -770,16 +776,16 @@ class Engine:
                 ev.append(Trade(seq, trade_id, m.symbol, price, qty, maker_id, order_id,
                                 maker_account, account, side_name, maker_fee, taker_fee,
                                 maker_left, 0 if t.quote_only else t.qty))
-                self._transfer(m.base, base_amount, seller, seller_bal, True, buyer, buyer_bal,
-                               False, "trade", sell_order, trade_id)
-                self._transfer(m.quote, notional, buyer, buyer_bal, True, seller, seller_bal,
-                               False, "trade", buy_order, trade_id)
+                self._transfer(m.base, base_amount, seller, seller_bal, LOCKED, buyer, buyer_bal,
+                               AVAILABLE, KIND_TRADE, sell_order, trade_id)
+                self._transfer(m.quote, notional, buyer, buyer_bal, LOCKED, seller, seller_bal,
+                               AVAILABLE, KIND_TRADE, buy_order, trade_id)
                 if buyer_fee:
-                    self._transfer(m.quote, buyer_fee, buyer, buyer_bal, True, SYSTEM_FEES, fees,
-                                   False, "fee", buy_order, trade_id)
+                    self._transfer(m.quote, buyer_fee, buyer, buyer_bal, LOCKED, SYSTEM_FEES, fees,
+                                   AVAILABLE, KIND_FEE, buy_order, trade_id)
                 if seller_fee:
-                    self._transfer(m.quote, seller_fee, seller, seller_bal, False, SYSTEM_FEES,
-                                   fees, False, "fee", sell_order, trade_id)
+                    self._transfer(m.quote, seller_fee, seller, seller_bal, AVAILABLE, SYSTEM_FEES,
+                                   fees, AVAILABLE, KIND_FEE, sell_order, trade_id)
                 if not taker_buys:
                     # the maker buyer held the worst-case fee; release what it did not cost
                     release = (buy_reserve(price, qty + maker_left, maker_numer, unit, reserve_bps)
@@ -787,8 +793,8 @@ class Engine:
                                - buy_reserve(price, maker_left, new_maker_numer, unit, reserve_bps))
                     assert release >= 0, release
                     if release:
-                        self._transfer(m.quote, release, maker_account, maker.bal, True,
-                                       maker_account, maker.bal, False, "unlock", maker_id,
+                        self._transfer(m.quote, release, maker_account, maker.bal, LOCKED,
+                                       maker_account, maker.bal, AVAILABLE, KIND_UNLOCK, maker_id,
                                        trade_id)
                 if maker_left:
                     if new_maker_numer != maker_numer:
@@ -831,7 +837,8 @@ class Engine:
             amount = (qty_before - qty_after) * m.base_unit
             asset = m.base
         if amount:
-            self._transfer(asset, amount, account, bal, True, account, bal, False, "unlock", order_id)
+            self._transfer(asset, amount, account, bal, LOCKED, account, bal, AVAILABLE,
+                           KIND_UNLOCK, order_id)
 
     def _run_stops(self, m: Market) -> None:
         """Trigger every stop the last trade price has reached, earliest
@@ -855,14 +862,14 @@ class Engine:
             t.order_id, t.account, t.side, t.qty = stop.order_id, stop.account, stop.side, stop.qty
             t.acct = acct = self._accounts[stop.account]
             t.locked, t.fee_numer, t.stp, t.flags = stop.reserve, 0, stop.stp, _flags(False, stop.stp)
-            is_market = stop.type == "stop_market"
-            self._set_limits(t, m, is_market, stop.tif == "gtc", stop.price, stop.quote_qty)
-            if stop.tif == "fok" and not self._book.can_fill(m.index, t.side, t.limit, t.qty,
+            is_market = (stop.type & TYPE_MARKET) != 0
+            self._set_limits(t, m, is_market, stop.tif == TIF_GTC, stop.price, stop.quote_qty)
+            if stop.tif == TIF_FOK and not self._book.can_fill(m.index, t.side, t.limit, t.qty,
                                                              t.account, t.stp):
                 self._ev.append(Cancelled(self._seq, t.order_id, t.account, t.qty, R.CANCEL_FOK))
                 self._close(t.order_id, acct)
                 self._transfer(m.quote if t.side == BUY else m.base, t.locked, t.account, acct.bal,
-                               True, t.account, acct.bal, False, "unlock", t.order_id)
+                               LOCKED, t.account, acct.bal, AVAILABLE, KIND_UNLOCK, t.order_id)
                 continue
             self._take(m, t)
 
@@ -889,7 +896,7 @@ class Engine:
             self._ev.append(Cancelled(self._seq, order_id, account, stop.qty, R.CANCEL_USER))
             self._close(order_id, acct)
             self._transfer(m.quote if stop.side == BUY else m.base, stop.reserve, account,
-                           acct.bal, True, account, acct.bal, False, "unlock", order_id)
+                           acct.bal, LOCKED, account, acct.bal, AVAILABLE, KIND_UNLOCK, order_id)
             return
         rec = self._book.get(order_id)
         if rec is None or rec[1] != account:
@@ -955,9 +962,11 @@ class Engine:
             return self._reject_amend(account, order_id, R.INSUFFICIENT_FUNDS)
         self._ev.append(Replaced(seq, order_id, account, new_price, new_qty, False))
         if extra > 0:
-            self._transfer(asset, extra, account, b, False, account, b, True, "lock", order_id)
+            self._transfer(asset, extra, account, b, AVAILABLE, account, b, LOCKED, KIND_LOCK,
+                           order_id)
         elif extra < 0:
-            self._transfer(asset, -extra, account, b, True, account, b, False, "unlock", order_id)
+            self._transfer(asset, -extra, account, b, LOCKED, account, b, AVAILABLE, KIND_UNLOCK,
+                           order_id)
         if self._book.move(order_id, new_price, new_qty):
             return          # rests at the back of its new level
         # it crosses at the new price: off the book, it matches like a new order
@@ -1000,8 +1009,8 @@ class Engine:
         asset, b = args
         if c.amount > self._supply_room(asset):
             return self._reject(c.account, "", R.AMOUNT_OVERFLOW)
-        self._transfer(asset, c.amount, SYSTEM_OUTSIDE, self._accounts[SYSTEM_OUTSIDE].bal, False,
-                       c.account, b, False, "deposit", 0, 0, c.ref)
+        self._transfer(asset, c.amount, SYSTEM_OUTSIDE, self._accounts[SYSTEM_OUTSIDE].bal,
+                       AVAILABLE, c.account, b, AVAILABLE, KIND_DEPOSIT, 0, 0, c.ref)
 
     def _withdraw(self, c: Withdraw) -> None:
         if not _is_text(c.ref) or len(c.ref) > REF_MAX:
@@ -1012,8 +1021,8 @@ class Engine:
         asset, b = args
         if b[2 * asset] < c.amount:
             return self._reject(c.account, "", R.INSUFFICIENT_FUNDS)
-        self._transfer(asset, c.amount, c.account, b, False, SYSTEM_OUTSIDE,
-                       self._accounts[SYSTEM_OUTSIDE].bal, False, "withdraw", 0, 0, c.ref)
+        self._transfer(asset, c.amount, c.account, b, AVAILABLE, SYSTEM_OUTSIDE,
+                       self._accounts[SYSTEM_OUTSIDE].bal, AVAILABLE, KIND_WITHDRAW, 0, 0, c.ref)
 
     def _adjust(self, c: Adjust) -> None:
         for text in (c.admin, c.reason):
@@ -1033,11 +1042,11 @@ class Engine:
                                  before, before + amount))
         outside = self._accounts[SYSTEM_OUTSIDE].bal
         if amount > 0:
-            self._transfer(asset, amount, SYSTEM_OUTSIDE, outside, False, c.account, b, False,
-                           "adjust", 0, 0, c.reason)
+            self._transfer(asset, amount, SYSTEM_OUTSIDE, outside, AVAILABLE, c.account, b,
+                           AVAILABLE, KIND_ADJUST, 0, 0, c.reason)
         else:
-            self._transfer(asset, -amount, c.account, b, False, SYSTEM_OUTSIDE, outside, False,
-                           "adjust", 0, 0, c.reason)
+            self._transfer(asset, -amount, c.account, b, AVAILABLE, SYSTEM_OUTSIDE, outside,
+                           AVAILABLE, KIND_ADJUST, 0, 0, c.reason)
 
     # ------------------------------------------------------------ instrument control
     def _halt(self, c: Halt) -> None:

@@ -18,6 +18,7 @@ from engine.messages import (Accepted, Adjust, CancelOrder, Deposit, Halt, Place
 
 INT64_MAX = 2**63 - 1
 LONE = "\ud800"            # a lone surrogate: a str UTF-8 cannot encode
+NUL = "\x00"               # UTF-8 carries it, PostgreSQL text refuses it
 
 
 class _Int(int):
@@ -113,6 +114,10 @@ def state_but_seq(eng):
     po(cid=LONE), po(cid="ok" + LONE, side="long"), CancelOrder(2, client_order_id=LONE),
     Deposit(2, "USD", 5, ref=LONE), Withdraw(2, "USD", 5, ref=LONE),
     Adjust(2, "USD", 5, LONE, "fix"), Adjust(2, "USD", 5, "ops", "fix" + LONE),
+    # text the ledger cannot store: rejected at the edge, never passed on to halt settlement
+    po(cid="a" + NUL), po(cid=NUL + "é"), CancelOrder(2, client_order_id=NUL),
+    Deposit(2, "USD", 5, ref="bad" + NUL + "ref"), Withdraw(2, "USD", 5, ref=NUL),
+    Adjust(2, "USD", 5, "ops" + NUL, "fix"), Adjust(2, "USD", 5, "ops", "fi" + NUL + "x"),
     # a quote-sized stop's qty must still be the int 0 (or a valid quantity)
     po(type="stop_market", stop_price=150, price=None, quote_qty=100, qty=0.0),
     po(type="stop_market", stop_price=150, price=None, quote_qty=100, qty=False),
@@ -125,6 +130,7 @@ def test_garbage_is_rejected_not_raised(book, bad):
     assert [type(e) for e in ev] == [Rejected], ev
     assert ev[0].reason in R.REJECT_REASONS
     assert decode_events(encode(ev)) == ev       # every event fits the wire and the ledger
+    assert NUL not in ev[0].client_order_id and LONE not in ev[0].client_order_id
     eng.validate()
     eng.snapshot()
     # the engine carries on
