@@ -415,6 +415,17 @@ class Engine:
                 "reserved": self._resting_reserve(m, side, price, qty, fee_numer),
                 "client_order_id": self._order_cid.get(order_id, "")}
 
+    def open_orders(self, account: int) -> list:
+        """The account's open orders (resting and waiting stops) as ``order()``
+        dicts, by order id.  A walk over every book: for queries, not the hot path."""
+        ids = [stop.order_id for stop in self._stops.values() if stop.account == account]
+        for m in self._markets:
+            for row in self._book.dump(m.index):
+                if row[1] == account:
+                    ids.append(row[0])
+        ids.sort()
+        return [self.order(order_id) for order_id in ids]
+
     def open_order_count(self, account: int) -> int:
         a = self._accounts.get(account)
         return 0 if a is None else a.open

@@ -1,0 +1,292 @@
+"""The gateway's library: talk to an engine server over TCP.
+
+::
+
+    client = await Client.connect("127.0.0.1", 7001, token="...", gateway_id="gw-1")
+    events = await client.place(account=2, client_order_id="a1", symbol="BTC-USDT",
+                                side="buy", price="20000.00", qty="0.5")
+    async for report in client.reports(): ...
+    await client.close()
+
+Every command method returns the engine's events for that command (a reject
+is a ``Rejected`` event); a refusal by the server (role, account) or a lost
+connection raises ``ClientError``.  Prices, quantities and amounts are taken
+as ``Decimal`` or ``str`` (converted through the instruments and assets the
+server sent in its welcome) or as exact ints (ticks, lots, minor units);
+floats are refused.  Requests are pipelined: many may be in flight on one
+connection, and replies resolve them by request id.  This module never
+imports the server; it shares only ``engine.service.protocol``.
+"""
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+from .messages import (Adjust, CancelOrder, Deposit, Halt, PlaceOrder, ReplaceOrder, Resume,
+                       Withdraw)
+from .service import protocol as P
+
+__all__ = ["Client", "ClientError"]
+
+REPORT_QUEUE_MAX = 100_000      # reports buffered while nobody iterates reports()
+
+
+class ClientError(Exception):
+    """The server refused a request (``reason`` is one of the protocol's
+    error reasons) or the connection was lost."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, client: "Client"):
+        self.client = client
+        self.reader = P.FrameReader(2**31 - 1)      # the server is trusted to frame sanely
+
+    def connection_made(self, transport) -> None:
+        self.client._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        for body in self.reader.feed(data):
+            client._dispatch(P.decode_server(body))
+
+    def connection_lost(self, exc) -> None:
+        self.client._lost(exc)
+
+
+class Client:
+    """A gateway session; create with ``await Client.connect(...)``."""
+
+    def __init__(self):
+        self._transport = None
+        self._pending: dict[int, asyncio.Future] = {}
+        self._welcome: asyncio.Future | None = None
+        self._reports: asyncio.Queue = asyncio.Queue(REPORT_QUEUE_MAX)
+        self._next_id = 1
+        self._closed_error: ClientError | None = None
+        self.gateway_id = ""
+        self.last_report_seq = 0
+        self.welcome: P.Welcome | None = None
+        self.assets: dict = {}
+        self.instruments: dict = {}
+
+    # ------------------------------------------------------------------ session
+    @classmethod
+    async def connect(cls, host: str = "127.0.0.1", port: int = 7001, *, token: str,
+                      gateway_id: str, last_report_seq: int = 0,
+                      timeout_s: float = 10.0) -> "Client":
+        """Connect and say hello.  ``last_report_seq``: the last execution
+        report this gateway processed (reports after it are sent again)."""
+        self = cls()
+        self.gateway_id = gateway_id
+        self.last_report_seq = last_report_seq
+        loop = asyncio.get_running_loop()
+        self._welcome = loop.create_future()
+        await asyncio.wait_for(loop.create_connection(lambda: _Protocol(self), host, port),
+                               timeout_s)
+        self._transport.write(P.encode_frame(P.Hello(gateway_id, token, P.PROTOCOL_VERSION,
+                                                     last_report_seq)))
+        welcome = await asyncio.wait_for(self._welcome, timeout_s)
+        self.welcome = welcome
+        self._next_id = welcome.last_request_id + 1
+        self.assets = {a.name: a for a in welcome.assets}
+        self.instruments = {i.symbol: i for i in welcome.instruments}
+        return self
+
+    async def close(self) -> None:
+        """A clean close: the server answers what was sent before it."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(P.encode_frame(P.Bye()))
+            self._transport.close()
+        self._lost(None)
+
+    def abort(self) -> None:
+        """Drop the connection at once."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    # ------------------------------------------------------------------ plumbing
+    def _dispatch(self, msg) -> None:
+        t = type(msg)
+        if t is P.Report:
+            self.last_report_seq = msg.report_seq
+            try:
+                self._reports.put_nowait(msg)
+            except asyncio.QueueFull:       # nobody reads reports(): keep the newest
+                self._reports.get_nowait()
+                self._reports.put_nowait(msg)
+            return
+        if t is P.Welcome:
+            if self._welcome is not None and not self._welcome.done():
+                self._welcome.set_result(msg)
+            return
+        if t is P.Error and msg.request_id == 0:
+            self._lost(ClientError(msg.reason, msg.detail))
+            return
+        fut = self._pending.pop(msg.request_id, None)
+        if fut is None or fut.done():
+            return
+        if t is P.Error:
+            fut.set_exception(ClientError(msg.reason, msg.detail))
+        else:
+            fut.set_result(msg)
+
+    def _lost(self, exc) -> None:
+        if self._closed_error is None:
+            self._closed_error = exc if isinstance(exc, ClientError) else ClientError(
+                "connection_lost", str(exc) if exc else "closed")
+        if self._welcome is not None and not self._welcome.done():
+            self._welcome.set_exception(self._closed_error)
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(self._closed_error)
+        try:
+            self._reports.put_nowait(None)      # ends reports()
+        except asyncio.QueueFull:
+            pass
+
+    def _send(self, make) -> asyncio.Future:
+        if self._closed_error is not None:
+            raise self._closed_error
+        rid = self._next_id
+        self._next_id = rid + 1
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        self._transport.write(P.encode_frame(make(rid)))
+        return fut
+
+    async def request(self, command) -> list:
+        """Send one engine command; its events."""
+        reply = await self._send(lambda rid: P.Request(rid, command))
+        return reply.events
+
+    def request_nowait(self, command) -> asyncio.Future:
+        """Send one engine command without waiting; a future of its Reply
+        (pipelining: ``await asyncio.gather(*futures)``)."""
+        return self._send(lambda rid: P.Request(rid, command))
+
+    async def resend(self, request_id: int, command) -> list:
+        """Send a command again under an earlier request id (after a lost
+        connection): the server answers with the original reply and never
+        applies it twice."""
+        if self._closed_error is not None:
+            raise self._closed_error
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = fut
+        self._transport.write(P.encode_frame(P.Request(request_id, command)))
+        return (await fut).events
+
+    async def reports(self):
+        """Execution reports (``protocol.Report``) as they arrive, until the
+        connection closes."""
+        while True:
+            report = await self._reports.get()
+            if report is None:
+                return
+            yield report
+
+    # ------------------------------------------------------------------ conversions
+    def _instrument(self, symbol: str):
+        ins = self.instruments.get(symbol)
+        if ins is None:
+            raise ValueError(f"unknown symbol {symbol!r}")
+        return ins
+
+    @staticmethod
+    def _count(value, convert, what: str):
+        if value is None or type(value) is int:
+            return value
+        if isinstance(value, float):
+            raise TypeError(f"{what} must be a Decimal, a str or an int, not a float")
+        if isinstance(value, (str, Decimal)):
+            if convert is None:
+                raise ValueError(f"a decimal {what} needs its symbol or asset; or give an int")
+            return convert(value)
+        raise TypeError(f"{what} must be a Decimal, a str or an int, not {type(value).__name__}")
+
+    def price_ticks(self, symbol: str, price):
+        return self._count(price, self._instrument(symbol).price_to_ticks, "price")
+
+    def qty_lots(self, symbol: str, qty):
+        return self._count(qty, self._instrument(symbol).qty_to_lots, "qty")
+
+    def amount_minor(self, asset: str, amount):
+        a = self.assets.get(asset)
+        if a is None and not (amount is None or type(amount) is int):
+            raise ValueError(f"unknown asset {asset!r}")
+        return self._count(amount, a.to_minor if a else None, "amount")
+
+    def _quote_minor(self, symbol: str, amount):
+        return self.amount_minor(self._instrument(symbol).quote, amount)
+
+    # ------------------------------------------------------------------ commands
+    async def place(self, *, account: int, client_order_id: str, symbol: str, side: str,
+                    price=None, qty=0, type: str = "limit", tif: str = "gtc", quote_qty=None,
+                    stop_price=None, post_only: bool = False,
+                    stp: str = "cancel_newest") -> list:
+        return await self.request(PlaceOrder(
+            account, client_order_id, symbol, side, type, tif,
+            self.price_ticks(symbol, price), self.qty_lots(symbol, qty),
+            self._quote_minor(symbol, quote_qty), self.price_ticks(symbol, stop_price),
+            post_only, stp))
+
+    async def cancel(self, *, account: int, order_id: int | None = None,
+                     client_order_id: str | None = None) -> list:
+        return await self.request(CancelOrder(account, order_id, client_order_id))
+
+    async def replace(self, *, account: int, order_id: int, symbol: str | None = None,
+                      price=None, qty=None) -> list:
+        """Amend a resting order.  Decimal/str prices and quantities need the
+        order's ``symbol``; ints are ticks and lots."""
+        if symbol is not None:
+            price, qty = self.price_ticks(symbol, price), self.qty_lots(symbol, qty)
+        else:
+            price = self._count(price, None, "price") if price is not None else None
+            qty = self._count(qty, None, "qty") if qty is not None else None
+        return await self.request(ReplaceOrder(account, order_id, price, qty))
+
+    async def deposit(self, *, account: int, asset: str, amount, ref: str = "") -> list:
+        return await self.request(Deposit(account, asset, self.amount_minor(asset, amount), ref))
+
+    async def withdraw(self, *, account: int, asset: str, amount, ref: str = "") -> list:
+        return await self.request(Withdraw(account, asset, self.amount_minor(asset, amount), ref))
+
+    async def adjust(self, *, account: int, asset: str, amount, admin: str, reason: str) -> list:
+        return await self.request(Adjust(account, asset, self.amount_minor(asset, amount),
+                                         admin, reason))
+
+    async def halt(self, symbol: str) -> list:
+        return await self.request(Halt(symbol))
+
+    async def resume(self, symbol: str) -> list:
+        return await self.request(Resume(symbol))
+
+    # ------------------------------------------------------------------ queries
+    async def balances(self, account: int) -> dict:
+        """{asset: (available, locked)} in minor units."""
+        reply = await self._send(lambda rid: P.QueryBalances(rid, account))
+        return {b.asset: (b.available, b.locked) for b in reply.balances}
+
+    async def open_orders(self, account: int) -> list:
+        """The account's open orders (``protocol.OrderInfo``), by order id."""
+        return (await self._send(lambda rid: P.QueryOpenOrders(rid, account))).orders
+
+    async def order(self, order_id: int):
+        """One open order (``protocol.OrderInfo``), or None."""
+        orders = (await self._send(lambda rid: P.QueryOrder(rid, order_id))).orders
+        return orders[0] if orders else None
+
+    async def depth(self, symbol: str, levels: int = 10):
+        """(bids, asks): lists of (price ticks, qty lots), best first."""
+        reply = await self._send(lambda rid: P.QueryDepth(rid, symbol, levels))
+        return [tuple(x) for x in reply.bids], [tuple(x) for x in reply.asks]
+
+    async def markets(self):
+        """(assets, instruments) as the server has them."""
+        reply = await self._send(lambda rid: P.QueryMarkets(rid))
+        return reply.assets, reply.instruments

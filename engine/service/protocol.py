@@ -1,0 +1,245 @@
+"""The gateway wire protocol: frames, the messages in them, and error reasons.
+
+A frame is a 4-byte little-endian body length, then a msgpack body: one tagged
+``msgspec.Struct`` (the tag is the class name, encoded as the first element of
+an array, as ``engine.messages`` does).  Commands and events inside requests
+and replies are the engine's own structs, so one codec serves the engine, the
+journal, the wire and the tests.  This module owns the shapes and the framing;
+it never reads a socket and never touches the engine.
+"""
+from __future__ import annotations
+
+import msgspec
+
+from ..domain import Asset, Instrument
+from ..messages import Command, Event
+
+PROTOCOL_VERSION = 1
+HEADER_BYTES = 4
+FRAME_BYTES_MAX_DEFAULT = 64 * 1024
+REQUEST_ID_MAX = 2**63 - 1
+
+# ---- error reasons (stable strings; clients may match on them)
+# request level: the request is refused, nothing is journaled, the session carries on
+ERR_NOT_PERMITTED = "not_permitted"              # the session's role may not send this
+ERR_ACCOUNT_NOT_PERMITTED = "account_not_permitted"  # an account outside the session's accounts
+ERR_STALE_REQUEST_ID = "stale_request_id"        # not above the last one, and not a resend we remember
+ERR_INVALID_REQUEST_ID = "invalid_request_id"    # not an int in 1..2**63-1
+ERR_UNKNOWN_SYMBOL = "unknown_symbol"            # a query for a symbol the engine does not list
+# connection level: an Error frame, then the connection is closed
+ERR_HELLO_REQUIRED = "hello_required"            # the first frame was not a Hello (or a second Hello)
+ERR_BAD_TOKEN = "bad_token"
+ERR_BAD_VERSION = "bad_version"
+ERR_BAD_GATEWAY_ID = "bad_gateway_id"            # empty, too long, or not the one the token is bound to
+ERR_MALFORMED = "malformed_frame"                # not msgpack, an unknown tag, wrong field types
+ERR_FRAME_TOO_LARGE = "frame_too_large"
+ERR_SLOW_READER = "slow_reader"                  # replies not read past the outbound limit
+ERR_SHUTTING_DOWN = "shutting_down"
+
+GATEWAY_ID_MAX = 64     # characters
+
+
+class _Wire(msgspec.Struct, tag=True, array_like=True, frozen=True, gc=False):
+    """Base of every frame body."""
+
+
+# ---------------------------------------------------------------- gateway -> server
+class Hello(_Wire):
+    """The first frame of a session.  ``last_report_seq``: the last execution
+    report this gateway has processed (0: none); the server resends the later
+    ones it still holds."""
+    gateway_id: str
+    token: str
+    version: int
+    last_report_seq: int = 0
+
+
+class Request(_Wire):
+    """One engine command.  ``request_id`` must be above every earlier one of
+    the gateway, or be a resend of one the server remembers."""
+    request_id: int
+    command: Command
+
+
+class QueryBalances(_Wire):
+    request_id: int
+    account: int
+
+
+class QueryOpenOrders(_Wire):
+    request_id: int
+    account: int
+
+
+class QueryOrder(_Wire):
+    request_id: int
+    order_id: int
+
+
+class QueryDepth(_Wire):
+    request_id: int
+    symbol: str
+    levels: int = 10
+
+
+class QueryMarkets(_Wire):
+    request_id: int
+
+
+class Bye(_Wire):
+    """A clean close: the server closes the connection after replying to
+    everything sent before it."""
+
+
+Query = QueryBalances | QueryOpenOrders | QueryOrder | QueryDepth | QueryMarkets
+ClientMessage = Hello | Request | QueryBalances | QueryOpenOrders | QueryOrder | QueryDepth \
+    | QueryMarkets | Bye
+
+
+# ---------------------------------------------------------------- server -> gateway
+class Welcome(_Wire):
+    """The answer to a good Hello.  ``last_request_id``: the highest request
+    id the server has seen from this gateway (start above it).
+    ``reports_lost``: reports after the gateway's ``last_report_seq`` were
+    dropped (retention bound): rebuild state from the queries."""
+    version: int
+    seq: int
+    last_request_id: int
+    report_seq: int
+    reports_lost: bool
+    assets: list[Asset]
+    instruments: list[Instrument]
+
+
+class Reply(_Wire):
+    """The engine's events for one request's command (a reject is a
+    ``Rejected`` event in them)."""
+    request_id: int
+    seq: int
+    events: list[Event]
+
+
+class Report(_Wire):
+    """Events of another command that touched this gateway's resting orders,
+    numbered per gateway."""
+    report_seq: int
+    seq: int
+    events: list[Event]
+
+
+class Error(_Wire):
+    """A refused request (``request_id`` > 0) or, with ``request_id`` 0, a
+    protocol error after which the server closes the connection."""
+    request_id: int
+    reason: str
+    detail: str = ""
+
+
+class Balance(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    asset: str
+    available: int
+    locked: int
+
+
+class BalancesReply(_Wire):
+    request_id: int
+    account: int
+    balances: list[Balance]
+
+
+class OrderInfo(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """An open order: ``status`` "resting" or "stop"; prices in ticks, qty in lots."""
+    order_id: int
+    status: str
+    account: int
+    symbol: str
+    side: str
+    type: str
+    tif: str
+    price: int | None
+    qty: int
+    stop_price: int | None
+    client_order_id: str
+    reserved: int
+
+
+class OrdersReply(_Wire):
+    request_id: int
+    orders: list[OrderInfo]
+
+
+class DepthReply(_Wire):
+    """Levels best first: (price ticks, total qty lots)."""
+    request_id: int
+    symbol: str
+    seq: int
+    bids: list[tuple[int, int]]
+    asks: list[tuple[int, int]]
+
+
+class MarketsReply(_Wire):
+    request_id: int
+    assets: list[Asset]
+    instruments: list[Instrument]
+
+
+ServerMessage = Welcome | Reply | Report | Error | BalancesReply | OrdersReply | DepthReply \
+    | MarketsReply
+
+
+# ---------------------------------------------------------------- framing
+_encoder = msgspec.msgpack.Encoder()
+_client_decoder = msgspec.msgpack.Decoder(ClientMessage)
+_server_decoder = msgspec.msgpack.Decoder(ServerMessage)
+decode_client = _client_decoder.decode
+decode_server = _server_decoder.decode
+
+
+def encode_frame(message) -> bytes:
+    """One frame: the length header, then the msgpack body."""
+    body = _encoder.encode(message)
+    return len(body).to_bytes(HEADER_BYTES, "little") + body
+
+
+def encode_frames(messages) -> bytes:
+    """Several frames in one buffer (one write)."""
+    out = bytearray()
+    for message in messages:
+        body = _encoder.encode(message)
+        out += len(body).to_bytes(HEADER_BYTES, "little")
+        out += body
+    return bytes(out)
+
+
+class FrameTooLarge(ValueError):
+    pass
+
+
+class FrameReader:
+    """Accumulates received bytes and cuts them into frame bodies."""
+    __slots__ = ("buffer", "frame_bytes_max")
+
+    def __init__(self, frame_bytes_max: int = FRAME_BYTES_MAX_DEFAULT):
+        self.buffer = bytearray()
+        self.frame_bytes_max = frame_bytes_max
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The complete frame bodies now buffered; FrameTooLarge for a length
+        past the limit (the rest of the stream cannot be trusted then)."""
+        buf = self.buffer
+        buf += data
+        bodies = []
+        pos, end = 0, len(buf)
+        limit = self.frame_bytes_max
+        while end - pos >= HEADER_BYTES:
+            size = int.from_bytes(buf[pos:pos + HEADER_BYTES], "little")
+            if size > limit:
+                raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {limit}")
+            if end - pos - HEADER_BYTES < size:
+                break
+            start = pos + HEADER_BYTES
+            bodies.append(bytes(buf[start:start + size]))
+            pos = start + size
+        if pos:
+            del buf[:pos]
+        return bodies

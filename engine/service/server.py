@@ -1,0 +1,470 @@
+"""The engine server: one asyncio loop (uvloop when installed), one thread,
+owning the engine, the journal and the settlement writer.
+
+Per loop turn: the bytes every connection received are cut into frames and
+decoded; the turn's commands are checked (role, accounts, request ids),
+journaled in one write (and fsynced per policy), applied in order, and each
+connection's replies leave in one write -- only after the journal holds their
+commands.  Execution reports go to the gateways whose resting orders were
+touched, or wait for their next hello.  Events go to the settlement writer
+through a bounded backlog; while it is full the server stops reading sockets.
+Recovery is the newest snapshot plus the journal's tail (engine.service.
+recovery).  This module owns sockets and the loop; the bookkeeping is
+engine.service.state, the formats engine.service.protocol and .journal.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+import time
+from collections import deque
+
+import msgspec
+
+from ..messages import Adjust, CancelOrder, Deposit, Halt, PlaceOrder, ReplaceOrder, Resume, Withdraw
+from . import protocol as P
+from .journal import JournalRecord, JournalWriteError
+from .recovery import Recovered, newest_at_or_below, recover
+
+log = logging.getLogger("engine.service.server")
+
+ROLE_COMMANDS = {
+    "trading": (PlaceOrder, CancelOrder, ReplaceOrder),
+    "treasury": (Deposit, Withdraw),
+    "admin": (PlaceOrder, CancelOrder, ReplaceOrder, Deposit, Withdraw, Adjust, Halt, Resume),
+}
+ERR_JOURNAL = "journal_write_failed"     # the command was not journaled, so not applied
+SETTLE_BACKLOG_MAX = 50_000             # commands waiting for the settlement writer: reading pauses
+PENDING_MAX = 20_000                    # frames read but not yet processed: reading pauses
+
+
+class _Connection(asyncio.Protocol):
+    """One gateway connection: frames in, frames out; no engine logic."""
+
+    def __init__(self, server: "Server"):
+        self.server = server
+        self.transport = None
+        self.reader = P.FrameReader(server.frame_bytes_max)
+        self.session = None             # the SessionConfig, after a good hello
+        self.gateway_id = None
+        self.closed = False
+        self.out: list[bytes] = []      # frames of the current turn
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.server.connections.add(self)
+        if self.server.reading_paused:
+            transport.pause_reading()
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
+        if self.gateway_id is not None and self.server.gateway_conn.get(self.gateway_id) is self:
+            del self.server.gateway_conn[self.gateway_id]
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            bodies = self.reader.feed(data)
+        except P.FrameTooLarge as exc:
+            return self.fail(P.ERR_FRAME_TOO_LARGE, str(exc))
+        now = time.time_ns()
+        server = self.server
+        for body in bodies:
+            try:
+                msg = P.decode_client(body)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                return self.fail(P.ERR_MALFORMED, str(exc)[:200])
+            if self.session is None:
+                if type(msg) is not P.Hello:
+                    return self.fail(P.ERR_HELLO_REQUIRED, "the first frame must be a Hello")
+                if not server.hello(self, msg):
+                    return
+                continue
+            if type(msg) is P.Hello:
+                return self.fail(P.ERR_HELLO_REQUIRED, "a second Hello on one connection")
+            server.pending.append((self, msg, now))
+        server.schedule_turn()
+
+    def send(self, frame: bytes) -> None:
+        self.out.append(frame)
+
+    def flush(self) -> None:
+        if self.out and not self.closed:
+            self.transport.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
+            if self.transport.get_write_buffer_size() > self.server.outbound_bytes_max:
+                self.out = []
+                return self.fail(P.ERR_SLOW_READER, "replies not read: outbound buffer full",
+                                 abort=True)
+        self.out = []
+
+    def fail(self, reason: str, detail: str = "", *, abort: bool = False) -> None:
+        """A protocol error: an Error frame, then close; nothing else is read."""
+        if self.closed:
+            return
+        self.closed = True
+        log.info("closing connection (%s): %s", reason, detail)
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.write(P.encode_frame(P.Error(0, reason, detail)))
+            self.transport.close()
+        self.server.connections.discard(self)
+        if self.gateway_id is not None and self.server.gateway_conn.get(self.gateway_id) is self:
+            del self.server.gateway_conn[self.gateway_id]
+
+
+class Server:
+    """See the module docstring.  ``await start()``, then ``await serve()``
+    until ``request_stop()`` (SIGINT/SIGTERM under ``run``)."""
+
+    def __init__(self, config, *, book: str | None = None, database_url: str | None = None):
+        self.config = config
+        self.book = book
+        self.database_url = database_url
+        s = config.server
+        self.frame_bytes_max = s.frame_bytes_max
+        self.outbound_bytes_max = s.outbound_bytes_max
+        self.sessions = s.sessions
+        self.state = None
+        self.journal = None
+        self.snapshots = None
+        self.writer = None
+        self.connections: set[_Connection] = set()
+        self.gateway_conn: dict[str, _Connection] = {}
+        self.pending: list = []
+        self.reading_paused = False
+        self._turn_scheduled = False
+        self._listener = None
+        self._stop = asyncio.Event()
+        self._settle_backlog: deque = deque()
+        self._settle_wake = asyncio.Event()
+        self._settler = None
+        self._sync_task = None
+        self._last_snapshot_seq = 0
+        self.recovered: Recovered | None = None
+        self.port = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self.recovered = rec = await recover(self.config, book=self.book,
+                                             database_url=self.database_url)
+        self.state, self.journal, self.snapshots, self.writer = (
+            rec.state, rec.journal, rec.snapshots, rec.writer)
+        self._last_snapshot_seq = rec.snapshot_seq
+        if self.writer is not None:
+            self._settler = asyncio.create_task(self._settle_loop(), name="settler")
+        if self.config.journal.fsync == "batch":
+            self._sync_task = asyncio.create_task(self._sync_loop(), name="journal-sync")
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(lambda: _Connection(self),
+                                                  self.config.server.host,
+                                                  self.config.server.port)
+        self.port = self._listener.sockets[0].getsockname()[1]
+        log.info("serving on %s:%s at seq %s", self.config.server.host, self.port,
+                 self.state.seq)
+
+    async def serve(self) -> None:
+        await self._stop.wait()
+        await self.stop()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def stop(self) -> None:
+        """Graceful: stop accepting, answer what was read, flush the journal
+        and settlement, write a snapshot."""
+        if self._listener is None:
+            return
+        self._listener.close()
+        self._listener = None
+        self._turn()                            # the commands already read
+        for conn in list(self.connections):
+            conn.flush()
+            conn.transport.close()
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+        self.journal.sync()
+        if self.writer is not None:
+            self._settle_wake.set()
+            while self._settle_backlog:
+                await asyncio.sleep(0.001)
+                if self._settler.done():
+                    break
+            self._settler.cancel()
+            try:
+                await self._settler
+            except asyncio.CancelledError:
+                pass
+            await self.writer.close()
+        self._snapshot()
+        self.journal.close()
+
+    async def abort(self) -> None:
+        """Stop at once, as a crash would (tests): nothing flushed, no snapshot."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for conn in list(self.connections):
+            conn.transport.abort()
+        for task in (self._settler, self._sync_task):
+            if task is not None:
+                task.cancel()
+        if self.writer is not None:
+            await self.writer.abort()
+        self.journal.close()
+
+    # ------------------------------------------------------------------ sessions
+    def hello(self, conn: _Connection, msg: P.Hello) -> bool:
+        if msg.version != P.PROTOCOL_VERSION:
+            conn.fail(P.ERR_BAD_VERSION, f"server speaks version {P.PROTOCOL_VERSION}")
+            return False
+        session = None
+        token = msg.token.encode() if type(msg.token) is str else b""
+        for s in self.sessions:         # every token compared, in constant time
+            if hmac.compare_digest(s.token.encode(), token) and session is None:
+                session = s
+        if session is None:
+            conn.fail(P.ERR_BAD_TOKEN, "unknown token")
+            return False
+        gid = msg.gateway_id
+        if (not gid or len(gid) > P.GATEWAY_ID_MAX or "\x00" in gid
+                or (session.gateway_id is not None and gid != session.gateway_id)):
+            conn.fail(P.ERR_BAD_GATEWAY_ID, "gateway_id empty, too long, or not this token's")
+            return False
+        old = self.gateway_conn.get(gid)
+        if old is not None:
+            old.fail(P.ERR_BAD_GATEWAY_ID, "the same gateway_id connected again")
+        conn.session, conn.gateway_id = session, gid
+        self.gateway_conn[gid] = conn
+        g = self.state.gateway(gid)
+        g.acknowledge(msg.last_report_seq)
+        frames, lost = g.reports_after(msg.last_report_seq)
+        engine = self.state.engine
+        conn.transport.write(P.encode_frame(P.Welcome(
+            P.PROTOCOL_VERSION, engine.seq, g.last_request_id, g.report_seq, lost,
+            list(engine.assets), list(engine.instruments))) + b"".join(frames))
+        return True
+
+    # ------------------------------------------------------------------ the turn
+    def schedule_turn(self) -> None:
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._turn)
+        if len(self.pending) > PENDING_MAX:
+            self._pause_reading()
+
+    def _turn(self) -> None:
+        self._turn_scheduled = False
+        items, self.pending = self.pending, []
+        if not items:
+            return
+        state = self.state
+        seq = state.seq
+        records = []
+        plan = []               # (conn, kind, payload) in arrival order
+        in_turn: dict[tuple[str, int], int] = {}
+        for conn, msg, received_ns in items:
+            if conn.closed:
+                continue
+            t = type(msg)
+            if t is P.Request:
+                rid = msg.request_id
+                if not 0 < rid <= P.REQUEST_ID_MAX:
+                    conn.fail(P.ERR_INVALID_REQUEST_ID, f"request_id {rid}")
+                    continue
+                g = state.gateway(conn.gateway_id)
+                old = g.window.get(rid)
+                if old is not None:                     # a resend: the original reply
+                    plan.append((conn, 1, old))
+                    continue
+                if rid <= g.last_request_id or (conn.gateway_id, rid) in in_turn:
+                    plan.append((conn, 1, P.encode_frame(P.Error(
+                        rid, P.ERR_STALE_REQUEST_ID,
+                        f"request ids must increase; last was {g.last_request_id}"))))
+                    continue
+                refusal = self._refuse(conn.session, msg.command)
+                if refusal is not None:
+                    plan.append((conn, 1, P.encode_frame(P.Error(rid, *refusal))))
+                    continue
+                seq += 1
+                in_turn[(conn.gateway_id, rid)] = seq
+                records.append(JournalRecord(seq, conn.gateway_id, rid, received_ns, msg.command))
+                plan.append((conn, 0, msg))
+            elif t is P.Bye:
+                plan.append((conn, 3, None))
+            else:
+                plan.append((conn, 2, msg))
+        journaled = True
+        if records:
+            try:
+                self.journal.append(records)
+            except JournalWriteError as exc:
+                log.error("journal write failed: %s", exc)
+                journaled = False
+        reports_out = []
+        backlog = self._settle_backlog if self.writer is not None else None
+        touched = set()
+        for conn, kind, payload in plan:
+            touched.add(conn)
+            if kind == 0:
+                rid = payload.request_id
+                if not journaled:
+                    conn.send(P.encode_frame(P.Error(rid, ERR_JOURNAL, "command not applied")))
+                    continue
+                events, reply, reports = state.apply(conn.gateway_id, rid, payload.command)
+                conn.send(reply)
+                if backlog is not None:
+                    backlog.append(events)
+                if reports:
+                    reports_out.extend(reports)
+            elif kind == 1:
+                conn.send(payload)
+            elif kind == 2:
+                conn.send(self._answer(conn.session, payload))
+            else:
+                conn.flush()
+                conn.closed = True
+                conn.transport.close()
+        for gid, frame in reports_out:
+            target = self.gateway_conn.get(gid)
+            if target is not None:
+                target.send(frame)
+                touched.add(target)
+        for conn in touched:
+            conn.flush()
+        if backlog is not None and records and journaled:
+            self._settle_wake.set()
+            if len(backlog) > SETTLE_BACKLOG_MAX:
+                self._pause_reading()
+        if state.seq - self._last_snapshot_seq >= self.config.journal.snapshot_every:
+            self._snapshot()
+
+    def _refuse(self, session, command):
+        """(reason, detail) when the session may not send this command, else None."""
+        if type(command) not in ROLE_COMMANDS[session.role]:
+            return P.ERR_NOT_PERMITTED, f"role {session.role} may not send {type(command).__name__}"
+        if session.accounts is not None and type(command) not in (Halt, Resume):
+            account = command.account
+            if type(account) is not int or account not in session.accounts:
+                return P.ERR_ACCOUNT_NOT_PERMITTED, f"account {account!r}"
+        return None
+
+    def _answer(self, session, q) -> bytes:
+        engine = self.state.engine
+        t = type(q)
+        if t is P.QueryBalances or t is P.QueryOpenOrders:
+            if not session.may_act_for(q.account):
+                return P.encode_frame(P.Error(q.request_id, P.ERR_ACCOUNT_NOT_PERMITTED,
+                                              f"account {q.account}"))
+            if t is P.QueryBalances:
+                rows = [P.Balance(a.name, *engine.balance(q.account, a.name))
+                        for a in engine.assets]
+                return P.encode_frame(P.BalancesReply(q.request_id, q.account, rows))
+            return P.encode_frame(P.OrdersReply(
+                q.request_id, [_order_info(o) for o in engine.open_orders(q.account)]))
+        if t is P.QueryOrder:
+            o = engine.order(q.order_id) if type(q.order_id) is int else None
+            if o is None or not session.may_act_for(o["account"]):
+                return P.encode_frame(P.OrdersReply(q.request_id, []))
+            return P.encode_frame(P.OrdersReply(q.request_id, [_order_info(o)]))
+        if t is P.QueryDepth:
+            try:
+                engine.market(q.symbol)
+            except KeyError:
+                return P.encode_frame(P.Error(q.request_id, P.ERR_UNKNOWN_SYMBOL, q.symbol))
+            levels = min(max(int(q.levels), 1), 1000)
+            bids, asks = engine.depth(q.symbol, levels)
+            return P.encode_frame(P.DepthReply(q.request_id, q.symbol, engine.seq,
+                                               list(bids), list(asks)))
+        return P.encode_frame(P.MarketsReply(q.request_id, list(engine.assets),
+                                             list(engine.instruments)))
+
+    # ------------------------------------------------------------------ flow control
+    def _pause_reading(self) -> None:
+        if not self.reading_paused:
+            self.reading_paused = True
+            for conn in self.connections:
+                if not conn.closed:
+                    conn.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.reading_paused:
+            self.reading_paused = False
+            for conn in self.connections:
+                if not conn.closed:
+                    conn.transport.resume_reading()
+
+    async def _settle_loop(self) -> None:
+        backlog, writer = self._settle_backlog, self.writer
+        while True:
+            await self._settle_wake.wait()
+            self._settle_wake.clear()
+            while backlog:
+                await writer.put(backlog.popleft())
+                if (self.reading_paused and len(backlog) < SETTLE_BACKLOG_MAX // 2
+                        and len(self.pending) < PENDING_MAX):
+                    self._resume_reading()
+            if self.reading_paused and len(self.pending) < PENDING_MAX:
+                self._resume_reading()
+
+    async def _sync_loop(self) -> None:
+        interval = self.config.journal.fsync_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            if self.journal.sync_due():
+                self.journal.sync()
+
+    # ------------------------------------------------------------------ snapshots
+    def _snapshot(self) -> None:
+        """Write a snapshot; prune what neither recovery nor settlement needs."""
+        seq = self.state.seq
+        self.journal.sync()
+        if not (self.snapshots.list() and self.snapshots.list()[-1].seq == seq):
+            self.snapshots.write(seq, self.state.snapshot())
+        self._last_snapshot_seq = seq
+        settled = self.writer.committed_seq() if self.writer is not None else seq
+        found = newest_at_or_below(self.snapshots, settled)
+        base = found[0] if found is not None else 0
+        self.snapshots.prune(keep=2, keep_from_seq=base)
+        self.journal.prune(base + 1)
+
+
+def _order_info(o: dict) -> P.OrderInfo:
+    return P.OrderInfo(o["order_id"], o["status"], o["account"], o["symbol"], o["side"],
+                       o["type"], o["tif"], o["price"], o["qty"], o.get("stop_price"),
+                       o.get("client_order_id", ""), o["reserved"])
+
+
+# ---------------------------------------------------------------------- entry
+def new_event_loop():
+    try:
+        import uvloop
+    except ImportError:     # pragma: no cover - uvloop is a dependency where it builds
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+async def _main(config, ready=None) -> int:
+    server = Server(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server.request_stop)
+    print(f"exchange: serving on {config.server.host}:{server.port} at seq {server.state.seq}",
+          flush=True)
+    if ready is not None:
+        ready(server)
+    await server.serve()
+    print(f"exchange: stopped at seq {server.state.seq}", flush=True)
+    return 0
+
+
+def run(config) -> int:
+    """``exchange serve``: serve until SIGINT/SIGTERM; 0 after a clean stop."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(_main(config))
