@@ -3,25 +3,13 @@
 One ``Book`` holds the books of every instrument of an engine plus the index
 of all resting orders by id.  It knows prices (ticks), quantities (lots),
 accounts and time priority; it knows nothing of balances, fees or events.
-Two per-order values are opaque to it and only stored for the engine:
-``fee_numer`` (the order's cumulative fee numerator) and ``flags``.
+Its interface, with the shapes of every argument and result (the records of
+``match`` included), is ``engine.book_protocol.OrderBook``.
 
-The Cython kernel (``ext/_cbook.pyx`` -> ``engine._cbook``) implements this
-same API with the same results; ``tests/test_cbook.py`` holds them to it.
-
-Matching walks the opposite side best level first and each level in time
-order.  ``match`` returns one record per thing that happened to a resting
-order, in order:
-
-    (kind, maker_order_id, maker_account, price, qty, maker_remaining,
-     maker_fee_numer, maker_flags)
-
-``FILL`` — qty lots traded at price; ``MAKER_CANCELLED`` — self-trade
-prevention removed the resting order (qty = its open lots);
-``MAKER_DECREMENTED`` — ``decrement`` STP took qty lots off both orders
-(``maker_remaining`` 0 means the maker is gone); ``TAKER_CANCELLED`` — STP
-ends the incoming order here (maker fields describe the order it met).
-``maker_remaining`` is the maker's open lots after the record.
+This module is the one definition of the book's constants (sides, self-trade
+prevention modes, match record kinds, NO_BUDGET); the Cython kernel
+(``ext/_cbook.pyx`` -> ``engine._cbook``) imports them from here and gives
+the same results (``tests/test_cbook.py``).
 """
 from __future__ import annotations
 
@@ -29,11 +17,12 @@ from collections import OrderedDict
 
 from sortedcontainers import SortedDict
 
-BUY, SELL = 0, 1
+from .domain import INT64_MAX
+
+BUY, SELL = 0, 1            # the kernel's layout needs exactly these two values
 STP_CANCEL_NEWEST, STP_CANCEL_OLDEST, STP_CANCEL_BOTH, STP_DECREMENT = 0, 1, 2, 3
-FILL, MAKER_CANCELLED, MAKER_DECREMENTED, TAKER_CANCELLED = 0, 1, 2, 3
-INT64_MAX = 2**63 - 1
-NO_BUDGET = INT64_MAX
+FILL, MAKER_CANCELLED, MAKER_DECREMENTED, TAKER_CANCELLED = 0, 1, 2, 3   # match record kinds
+NO_BUDGET = INT64_MAX       # match(): the order is limited by qty alone
 
 
 class _Order:
@@ -55,7 +44,7 @@ class _Level:
 
 
 class Book:
-    """All instruments' price-level books; see the module docstring."""
+    """All instruments' price-level books; an ``engine.book_protocol.OrderBook``."""
 
     implementation = "python"
 
@@ -183,14 +172,8 @@ class Book:
     # ------------------------------------------------------------ matching
     def match(self, instrument: int, side: int, limit: int, qty: int, budget: int, unit: int,
               account: int, stp: int):
-        """Match an incoming order against the opposite side.
-
-        ``limit``: worst price accepted (ticks; for an uncapped market order pass
-        INT64_MAX to buy, 1 to sell).  ``qty``: lots wanted.  ``budget``: the
-        most notional (quote minor units) the order may spend, NO_BUDGET when
-        it is limited by qty alone; ``unit`` converts price*lots to notional.
-        ``account``/``stp`` drive self-trade prevention.  Returns the records.
-        """
+        """Match an incoming order against the opposite side; the arguments and
+        the records: ``engine.book_protocol.OrderBook.match``."""
         out = []
         levels = self._sides[instrument][SELL if side == BUY else BUY]
         while qty > 0 and levels:

@@ -1,77 +1,15 @@
 # cython: language_level=3, cdivision=True, initializedcheck=False
 # cython: embedsignature=True
-"""The order-book kernel: ``engine.book.Book``'s API and results, in C structures.
+"""The order-book kernel: ``engine.book_protocol.OrderBook`` in C structures.
 
-Built by ``setup.py`` into ``engine._cbook``; ``engine.core`` picks it for
-``Engine(book="cython")`` and ``book="auto"``.  ``engine/book.py`` is the
-reference: every public method returns exactly what the reference returns
-for the same calls (``tests/test_cbook.py`` holds the two to it).  Prices are
-tick counts, quantities lot counts, ``unit`` converts price*lots to quote
-minor units; see ``engine.book`` for the record format of ``match``.
-
-Layout (no Python object per resting order):
-
-* orders: one pool of fixed-size ``Order`` structs (56 bytes), free slots
-  chained through ``next``.  Each order sits in its level's intrusive doubly
-  linked FIFO (``prev``/``next`` slot numbers) and knows its level's slot;
-  price, instrument and side live on the level.
-* levels: a pool of ``Level`` structs (price, total lots as a 128-bit integer,
-  head/tail order, count), free slots chained through ``head``.
-* sides: per (instrument, side) a sorted array of level keys and level slots,
-  worst price first and the best at the END, so the best level is O(1), the
-  match loop pops levels off the end, and adding near the top moves few
-  entries.  The key is the price for bids and -price for asks, so both sides
-  sort ascending.  A level emptied deep in the book keeps its entry (no
-  memmove; the next order at that price revives it) until empty entries
-  outnumber live ones and the array is compacted; the last entry is always
-  live.  Cost: a level at a price new to the book, deep in it, moves every
-  better level's 12-byte entry; the engine's books are dense around the mid,
-  so this is short in practice.  Prices are never used as an index: any
-  price 1..2**63-1 works.
-* index: order_id -> order slot, in two places.  The window: an array of
-  slots (4 bytes each, NIL where no order rests) over a range of consecutive
-  ids -- the engine hands ids out in sequence, so a lookup reads one entry of
-  a dense array.  An id up to 4,096 past its end extends it; an insert that
-  finds it longer than max(4,096, 4 x (resting orders + 1)) ids moves its
-  oldest ids to the hash, no more than it grows by plus 8 per insert (it is
-  circular: no shift, no pause over the whole window); an id farther from it
-  goes to the hash and moves the window's oldest 64 entries there too, so a
-  window the ids have left behind (the engine's ids after a run of over
-  4,096 orders that did not rest, or one far-off id) drains a little at a
-  time; emptied, it starts again at the next id.  Its array grows by
-  doubling and never shrinks.  The hash, for every other id: open addressing, Robin Hood linear
-  probing (load <= 1/2, backward-shift delete, no tombstones); blocks of 4
-  consecutive ids share a cache line, blocks scattered by splitmix64; key and
-  slot side by side in one bucket array.  An id is in one of the two, never
-  both (inserts check it is absent; validate() checks it).
-
-``fee_numer`` (opaque here) is kept as whole = numer // 10000 and
-frac = numer % 10000 (two integers, the same Python int comes back);
-``flags`` must fit int32.  Ids, accounts, prices, quantities and budgets must
-fit int64 (OverflowError otherwise); a level's total is 128-bit so many large
-orders at one price cannot overflow it.
-
-What this module must never do: write outside its arrays, keep a Python
-object per order, or differ from the reference on valid input.  Invalid input
-raises (the same exception types as the reference where it raises: KeyError,
-AssertionError, IndexError) before any state changes.  Documented differences
-on input the engine never sends: numbers must be ``int`` (a float is a
-TypeError, never truncated); ``side`` must be 0 or 1 in ``add`` and an
-instrument index must be in range (the reference wraps negatives); a
-negative ``budget``, or ``unit < 1`` with a budget, raise ValueError.  An id
-that is not an int64 is simply not in the book (``get``/``remove`` -> None).
-
-Bounds: the structures are indexed through raw C pointers only (no
-memoryviews, no Python indexing), so Cython's boundscheck/wraparound have
-nothing to guard; every index comes from the structure itself (slots, level
-numbers, array positions < n) and ``validate()`` checks those invariants.
-The indexes that come from the caller (instrument, side) are range-checked
-before use.  A MemoryError while growing the match record buffer leaves the
-book consistent but loses that call's records (the process is out of memory).
-The book is not picklable; ``dump``/``add`` rebuild it (the engine snapshot).
+Owns the C layout of the book (order and level pools, sorted sides, the id
+index) and its match loop; gives exactly the results of the reference
+``engine.book.Book`` and takes its constants from there.  It must never write
+outside its arrays, keep a Python object per order, or differ from the
+reference on valid input.  The design: docs/kernel.md.
 """
 cimport cython
-from libc.stdint cimport int32_t, int64_t, uint64_t, INT64_MAX
+from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memmove
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_Check
@@ -123,14 +61,37 @@ cdef extern from *:
     const int32_t SLOTS_MAX "CB_SLOTS_MAX"
 
 
-# The same constants as engine.book (tests check they agree).
-BUY, SELL = 0, 1
-STP_CANCEL_NEWEST, STP_CANCEL_OLDEST, STP_CANCEL_BOTH, STP_DECREMENT = 0, 1, 2, 3
-FILL, MAKER_CANCELLED, MAKER_DECREMENTED, TAKER_CANCELLED = 0, 1, 2, 3
-INT64_MAX_ = INT64_MAX
-NO_BUDGET = INT64_MAX
+# The book's constants are engine.book's (re-exported here under the same
+# names); C_X is X as a C integer for the loops below.
+from engine.book import (BUY, FILL, MAKER_CANCELLED, MAKER_DECREMENTED, NO_BUDGET, SELL,
+                         STP_CANCEL_BOTH, STP_CANCEL_NEWEST, STP_CANCEL_OLDEST, STP_DECREMENT,
+                         TAKER_CANCELLED)
 
-# The id window (see "index" above): an id at most WIN_GAP past its end extends
+cdef int64_t C_BUY = BUY
+cdef int64_t C_SELL = SELL
+cdef int64_t C_STP_CANCEL_NEWEST = STP_CANCEL_NEWEST
+cdef int64_t C_STP_CANCEL_OLDEST = STP_CANCEL_OLDEST
+cdef int64_t C_STP_CANCEL_BOTH = STP_CANCEL_BOTH
+cdef int64_t C_STP_DECREMENT = STP_DECREMENT
+cdef int32_t C_FILL = FILL
+cdef int32_t C_MAKER_CANCELLED = MAKER_CANCELLED
+cdef int32_t C_MAKER_DECREMENTED = MAKER_DECREMENTED
+cdef int32_t C_TAKER_CANCELLED = TAKER_CANCELLED
+cdef int64_t C_NO_BUDGET = NO_BUDGET
+
+# The kernel's own layout: the book of (instrument, half) is
+# self.sides[2 * instrument + half], half BIDS or ASKS.  Sides taken and
+# returned through the API are engine.book's BUY / SELL, mapped at the edge.
+cdef enum:
+    BIDS = 0
+    ASKS = 1
+
+
+cdef inline int64_t _half(int64_t side) noexcept:
+    """Where an API side rests: any side but BUY is SELL, as in the reference."""
+    return BIDS if side == C_BUY else ASKS
+
+# The id window (docs/kernel.md, "Index"): an id at most WIN_GAP past its end extends
 # it; an insert that finds it longer than max(WIN_MIN, 4 * (resting orders + 1))
 # ids moves its oldest ids to the hash (a few per insert), and so does, by
 # WIN_DRAIN, an insert of an id far from it (which goes to the hash).
@@ -138,12 +99,6 @@ cdef enum:
     WIN_MIN = 4096
     WIN_GAP = 4096
     WIN_DRAIN = 64
-
-cdef enum:
-    K_FILL = 0
-    K_MAKER_CANCELLED = 1
-    K_MAKER_DECREMENTED = 2
-    K_TAKER_CANCELLED = 3
 
 
 cdef struct Order:
@@ -164,7 +119,7 @@ cdef struct Level:
     int32_t head             # oldest order (next to trade); for a free level: next free
     int32_t tail             # newest order
     int32_t count            # number of orders
-    int32_t side             # instrument*2 + side (BUY/SELL); NIL marks a free level slot
+    int32_t side             # 2 * instrument + BIDS/ASKS; NIL marks a free level slot
 
 
 cdef struct Side:
@@ -254,7 +209,7 @@ cdef inline int32_t _lower_bound(Side *sd, int64_t key) noexcept:
 
 @cython.final
 cdef class Book:
-    """All instruments' price-level books; the API of ``engine.book.Book``."""
+    """All instruments' price-level books; an ``engine.book_protocol.OrderBook``."""
 
     implementation = "cython"
 
@@ -270,7 +225,7 @@ cdef class Book:
     cdef int32_t lvls_free
     cdef int32_t n_levels
 
-    cdef Side *sides              # [instrument*2 + side]
+    cdef Side *sides              # [2 * instrument + BIDS/ASKS]
     cdef int32_t n_instruments
 
     cdef Bucket *htab             # the id index (Robin Hood, open addressing)
@@ -644,10 +599,11 @@ cdef class Book:
         self.n_levels -= 1
 
     # ============================================================ sides
-    cdef inline Side *_side(self, int64_t instrument, int side) except NULL:
+    cdef inline Side *_side(self, int64_t instrument, int64_t half) except NULL:
+        """The book of (instrument, BIDS or ASKS); IndexError for an unknown instrument."""
         if instrument < 0 or instrument >= self.n_instruments:
             raise IndexError(f"instrument {instrument} out of range")
-        return &self.sides[2 * instrument + (0 if side == 0 else 1)]
+        return &self.sides[2 * instrument + half]
 
     cdef void _level_emptied(self, Side *sd, int32_t li) noexcept:
         """A level lost its last order.  The best level leaves the array at once
@@ -721,28 +677,29 @@ cdef class Book:
     cdef tuple _record(self, int32_t slot):
         cdef Order *o = &self.orders[slot]
         cdef Level *lv = &self.lvls[o.level]
-        return (lv.side >> 1, o.account, lv.side & 1, lv.price, o.qty,
+        cdef int64_t side = C_BUY if (lv.side & 1) == BIDS else C_SELL
+        return (lv.side >> 1, o.account, side, lv.price, o.qty,
                 _fee_to_py(o.fee_whole, o.fee_frac), o.flags)
 
     def best_bid(self, instrument):
-        cdef Side *sd = self._side(_i64(instrument), 0)
+        cdef Side *sd = self._side(_i64(instrument), BIDS)
         return sd.keys[sd.n - 1] if sd.n else 0
 
     def best_ask(self, instrument):
-        cdef Side *sd = self._side(_i64(instrument), 1)
+        cdef Side *sd = self._side(_i64(instrument), ASKS)
         return -sd.keys[sd.n - 1] if sd.n else 0
 
     def crosses(self, instrument_, side_, price_):
         """Would an order at ``price`` trade on arrival?"""
         cdef int64_t instrument = _i64(instrument_), side = _i64(side_), price = _i64(price_)
-        self._side(instrument, 0)
-        return self._crossing(2 * instrument + (side != 0), price)
+        self._side(instrument, BIDS)           # checks the instrument
+        return self._crossing(2 * instrument + _half(side), price)
 
     def depth(self, instrument_, levels):
         """([(price, qty)...] bids best first, [(price, qty)...] asks best first)."""
         cdef int64_t instrument = _i64(instrument_)
-        cdef Side *bids = self._side(instrument, 0)
-        cdef Side *asks = self._side(instrument, 1)
+        cdef Side *bids = self._side(instrument, BIDS)
+        cdef Side *asks = self._side(instrument, ASKS)
         return self._levels(bids, levels), self._levels(asks, levels)
 
     cdef list _levels(self, Side *sd, object levels):
@@ -769,11 +726,11 @@ cdef class Book:
         (order_id, account, side, price, qty, fee_numer, flags)."""
         cdef int64_t instrument = _i64(instrument_)
         cdef list out = []
-        self._dump_side(self._side(instrument, 0), 0, out)
-        self._dump_side(self._side(instrument, 1), 1, out)
+        self._dump_side(self._side(instrument, BIDS), C_BUY, out)
+        self._dump_side(self._side(instrument, ASKS), C_SELL, out)
         return out
 
-    cdef void _dump_side(self, Side *sd, int side, list out) except *:
+    cdef void _dump_side(self, Side *sd, int64_t side, list out) except *:
         cdef int32_t i, slot
         cdef Level *lv
         cdef Order *o
@@ -804,15 +761,15 @@ cdef class Book:
         cdef int64_t order_id, account, qty, flags64, fee_whole
         cdef int32_t fee_frac
         if unless_crossing:     # first, as the reference's crosses() then add()
-            self._side(instrument, 0)
-            if self._crossing(2 * instrument + (side != 0), price):
+            self._side(instrument, BIDS)       # checks the instrument
+            if self._crossing(2 * instrument + _half(side), price):
                 return False
         order_id, account, qty, flags64 = _i64(order_id_), _i64(account_), _i64(qty_), _i64(flags_)
-        if side != 0 and side != 1:
-            raise IndexError(f"side must be BUY (0) or SELL (1), not {side}")
+        if side != C_BUY and side != C_SELL:
+            raise IndexError(f"side must be BUY ({BUY}) or SELL ({SELL}), not {side}")
         if not (-2147483648 <= flags64 <= 2147483647):
             raise OverflowError(f"flags must fit int32: {flags64}")
-        self._side(instrument, side)
+        self._side(instrument, BIDS)           # checks the instrument
         if self._find(order_id) != NIL:
             raise AssertionError(order_id)
         if qty <= 0:
@@ -823,16 +780,16 @@ cdef class Book:
         # every allocation first: a MemoryError leaves the book as it was
         self._reserve_order()
         self._index_reserve(order_id)
-        self._link(instrument, order_id, account, side, price, qty, fee_whole, fee_frac,
+        self._link(instrument, order_id, account, _half(side), price, qty, fee_whole, fee_frac,
                    <int32_t>flags64)
         return True
 
     cdef inline bint _crossing(self, int32_t sidx, int64_t price) noexcept:
-        """Would an order on side ``sidx`` (2 * instrument + side) at ``price`` trade?"""
+        """Would an order on side ``sidx`` (2 * instrument + BIDS/ASKS) at ``price`` trade?"""
         cdef Side *opp = &self.sides[sidx ^ 1]
         if opp.n == 0:
             return False
-        if sidx & 1:        # a sell meets the bids (keys are prices)
+        if (sidx & 1) == ASKS:      # a sell meets the bids (keys are prices)
             return opp.keys[opp.n - 1] >= price
         return -opp.keys[opp.n - 1] <= price      # a buy meets the asks (keys are -prices)
 
@@ -846,7 +803,7 @@ cdef class Book:
         cdef int64_t qty = _i64(qty_), price
         cdef Order *o = &self.orders[slot]
         cdef int32_t sidx = self.lvls[o.level].side
-        cdef int64_t instrument = sidx >> 1, side = sidx & 1
+        cdef int64_t instrument = sidx >> 1, half = sidx & 1
         cdef int64_t oid = o.order_id, account = o.account, fee_whole = o.fee_whole
         cdef int32_t fee_frac = o.fee_frac, flags = o.flags
         if qty <= 0:            # checked in the reference's order
@@ -860,20 +817,20 @@ cdef class Book:
         self._unlink(slot)
         if self._crossing(sidx, price):
             return False
-        self._link(instrument, oid, account, side, price, qty, fee_whole, fee_frac, flags)
+        self._link(instrument, oid, account, half, price, qty, fee_whole, fee_frac, flags)
         return True
 
-    cdef int _link(self, int64_t instrument, int64_t order_id, int64_t account, int64_t side,
+    cdef int _link(self, int64_t instrument, int64_t order_id, int64_t account, int64_t half,
                    int64_t price, int64_t qty, int64_t fee_whole, int32_t fee_frac,
                    int32_t flags) except -1:
         """Append a validated order to the back of its level (creating the level);
         the caller has reserved an order slot and an index entry."""
-        cdef Side *sd = &self.sides[2 * instrument + side]
+        cdef Side *sd = &self.sides[2 * instrument + half]
         cdef int64_t key
         cdef int32_t pos, li, slot
         cdef Level *lv
         cdef Order *o
-        key = price if side == 0 else -price
+        key = price if half == BIDS else -price
         if sd.n and sd.keys[sd.n - 1] == key:
             li = sd.levels[sd.n - 1]
         else:
@@ -897,7 +854,7 @@ cdef class Book:
                 lv.head = NIL
                 lv.tail = NIL
                 lv.count = 0
-                lv.side = <int32_t>(2 * instrument + side)
+                lv.side = <int32_t>(2 * instrument + half)
                 memmove(&sd.keys[pos + 1], &sd.keys[pos], (sd.n - pos) * sizeof(int64_t))
                 memmove(&sd.levels[pos + 1], &sd.levels[pos], (sd.n - pos) * sizeof(int32_t))
                 sd.keys[pos] = key
@@ -1012,14 +969,14 @@ cdef class Book:
         return False
 
     cdef Py_ssize_t _match(self, Side *sd, bint taker_buys, int64_t limit, int64_t qty,
-                           int64_t budget, int64_t unit, int64_t account, int stp) except -1:
+                           int64_t budget, int64_t unit, int64_t account, int64_t stp) except -1:
         """The matching loop: fills go to self.recs; returns how many."""
         cdef Py_ssize_t n = 0
         cdef int32_t li
         cdef Level *lv
         cdef Order *o
         cdef int64_t price, lot_cost = 0, fill, left, affordable
-        cdef bint cost_overflows = False, has_budget = budget != INT64_MAX
+        cdef bint cost_overflows = False, has_budget = budget != C_NO_BUDGET
         while qty > 0 and sd.n > 0:
             li = sd.levels[sd.n - 1]
             lv = &self.lvls[li]
@@ -1032,14 +989,14 @@ cdef class Book:
             while qty > 0:
                 o = &self.orders[lv.head]
                 if o.account == account:
-                    if stp == 0:            # cancel_newest
-                        self._put(self._rec(n), K_TAKER_CANCELLED, o, price, 0, o.qty)
+                    if stp == C_STP_CANCEL_NEWEST:
+                        self._put(self._rec(n), C_TAKER_CANCELLED, o, price, 0, o.qty)
                         return n + 1
-                    if stp == 3:            # decrement
+                    if stp == C_STP_DECREMENT:
                         fill = qty if qty < o.qty else o.qty
                         qty -= fill
                         left = o.qty - fill
-                        self._put(self._rec(n), K_MAKER_DECREMENTED, o, price, fill, left)
+                        self._put(self._rec(n), C_MAKER_DECREMENTED, o, price, fill, left)
                         n += 1
                         if left:
                             o.qty = left
@@ -1047,11 +1004,11 @@ cdef class Book:
                         elif self._pop_head(sd, li):
                             break
                         continue
-                    # cancel_oldest / cancel_both: the resting order goes
-                    self._put(self._rec(n), K_MAKER_CANCELLED, o, price, o.qty, 0)
+                    # cancel_oldest (or an unknown mode) / cancel_both: the resting order goes
+                    self._put(self._rec(n), C_MAKER_CANCELLED, o, price, o.qty, 0)
                     n += 1
-                    if stp == 2:            # cancel_both
-                        self._put(self._rec(n), K_TAKER_CANCELLED, o, price, 0, 0)
+                    if stp == C_STP_CANCEL_BOTH:
+                        self._put(self._rec(n), C_TAKER_CANCELLED, o, price, 0, 0)
                         n += 1
                         self._pop_head(sd, li)
                         return n
@@ -1070,7 +1027,7 @@ cdef class Book:
                     budget -= fill * lot_cost           # <= budget: no overflow
                 qty -= fill
                 left = o.qty - fill
-                self._put(self._rec(n), K_FILL, o, price, fill, left)
+                self._put(self._rec(n), C_FILL, o, price, fill, left)
                 n += 1
                 if left:
                     o.qty = left
@@ -1080,18 +1037,17 @@ cdef class Book:
         return n
 
     def match(self, instrument_, side_, limit_, qty_, budget_, unit_, account_, stp_):
-        """Match an incoming order against the opposite side; see
-        ``engine.book.Book.match`` for the arguments and the records."""
+        """Match an incoming order against the opposite side; the arguments and
+        the records: ``engine.book_protocol.OrderBook.match``."""
         cdef int64_t instrument = _i64(instrument_), limit = _i64(limit_), qty = _i64(qty_)
         cdef int64_t budget = _i64(budget_), unit = _i64(unit_), account = _i64(account_)
-        cdef int64_t stp64 = _i64(stp_)
-        cdef int stp = <int>stp64 if 0 <= stp64 <= 3 else 1     # the reference: else like cancel_oldest
-        cdef bint taker_buys = _i64(side_) == 0
-        cdef Side *sd = self._side(instrument, 1 if taker_buys else 0)
+        cdef int64_t stp = _i64(stp_)      # unknown: acts as cancel_oldest, as in the reference
+        cdef bint taker_buys = _i64(side_) == C_BUY
+        cdef Side *sd = self._side(instrument, ASKS if taker_buys else BIDS)
         cdef Py_ssize_t n, i
         cdef Rec *r
         cdef list out = []
-        if budget != INT64_MAX:
+        if budget != C_NO_BUDGET:
             if budget < 0:
                 raise ValueError(f"budget must be >= 0, not {budget}")
             if unit < 1:
@@ -1109,8 +1065,8 @@ cdef class Book:
         ``cancel_oldest``, which would remove them and go on."""
         cdef int64_t instrument = _i64(instrument_), limit = _i64(limit_), qty = _i64(qty_)
         cdef int64_t account = _i64(account_), stp = _i64(stp_)
-        cdef bint taker_buys = _i64(side_) == 0
-        cdef Side *sd = self._side(instrument, 1 if taker_buys else 0)
+        cdef bint taker_buys = _i64(side_) == C_BUY
+        cdef Side *sd = self._side(instrument, ASKS if taker_buys else BIDS)
         cdef int32_t i, slot
         cdef Level *lv
         cdef Order *o
@@ -1125,7 +1081,7 @@ cdef class Book:
                 o = &self.orders[slot]
                 slot = o.next
                 if o.account == account:
-                    if stp == 1:
+                    if stp == C_STP_CANCEL_OLDEST:
                         continue
                     return False
                 if o.qty >= qty:        # qty - o.qty <= 0, without overflow
@@ -1169,7 +1125,7 @@ cdef class Book:
                 check(0 <= li < self.lvls_used, "level slot out of range")
                 lv = &self.lvls[li]
                 check(lv.side == s, "level on the wrong side")
-                key = lv.price if (s & 1) == 0 else -lv.price
+                key = lv.price if (s & 1) == BIDS else -lv.price
                 check(key == sd.keys[i], "level key != price")
                 check(lv.price > 0, "level price <= 0")
                 levels_seen += 1
