@@ -30,14 +30,12 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from engine.book import BUY, NO_BUDGET, SELL  # noqa: E402
-from engine.book import Book as PyBook  # noqa: E402
+from engine.book import BUY, NO_BUDGET, SELL
+from engine.book import Book as PyBook
 
 try:
-    from engine._cbook import Book as CBook  # noqa: E402
-    from engine._cbook import memory_stats  # noqa: E402
+    from engine._cbook import Book as CBook
+    from engine._cbook import memory_stats
 except ImportError:  # pragma: no cover
     CBook = memory_stats = None
 

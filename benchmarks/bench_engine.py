@@ -1,6 +1,6 @@
 """Benchmark of ``Engine.submit`` and of the raw book operations under it.
 
-    python benchmarks/bench_engine.py [--mix exchange_core insert_heavy] [-n 300000]
+    python -m benchmarks.bench_engine [--mix exchange_core insert_heavy] [-n 300000]
                                       [--books python cython] [--cores python cython]
                                       [--seed 1] [--repeat 3] [--memory-orders 1000000]
 
@@ -17,7 +17,7 @@ API -- building the events it returns, and its book calls' own work -- beside
 the fastest engine.  Memory: the default engine's RSS per resting order with
 ``--memory-orders`` resting orders, with and without client order ids (0 skips).
 
-For each mix the seeded flow (benchmarks/flow.py) is generated once, and its
+For each mix the seeded flow (engine/flow.py) is generated once, and its
 commands decoded from their msgpack encoding, untimed, as a decoder produces
 them (the generator's own objects lie scattered among its oracle engine's
 garbage, which cost the accelerated engine 5-9% in cache misses); each book
@@ -43,13 +43,11 @@ import msgspec
 import numpy as np
 from msgspec.structs import astuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.bench_book import _rss_bytes  # noqa: E402
-from benchmarks.flow import generate, market_config  # noqa: E402
-import engine  # noqa: E402
-from engine import available_books, core  # noqa: E402
-from engine.messages import Command, Deposit, PlaceOrder  # noqa: E402
+import engine
+from benchmarks.bench_book import _rss_bytes
+from engine import available_books, core
+from engine.flow import generate, market_config
+from engine.messages import Command, Deposit, PlaceOrder
 
 
 def as_received(commands):
@@ -250,8 +248,9 @@ def engine_memory(n: int, client_ids: bool) -> float:
 
 def engine_memory_child(n: int, client_ids: bool) -> float:
     """``engine_memory`` in a fresh interpreter (nothing freed before skews it)."""
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--memory-child",
+    out = subprocess.run([sys.executable, "-m", "benchmarks.bench_engine", "--memory-child",
                           "cid" if client_ids else "plain", "--memory-orders", str(n)],
+                         cwd=Path(__file__).resolve().parents[1],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out)
 

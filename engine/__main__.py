@@ -1,6 +1,6 @@
 """Command line: ``python -m engine demo [--n N] [--seed S] [--mix M]``.
 
-The demo runs a seeded order flow (benchmarks/flow.py) through the engine and
+The demo runs a seeded order flow (engine/flow.py) through the engine and
 prints a summary: what happened, the book, fees, a few balances, the state
 hash and the throughput.
 """
@@ -10,16 +10,8 @@ import argparse
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
-
-def _flow():
-    try:
-        from benchmarks import flow
-    except ImportError:   # run from outside the repository: the generator lives beside engine/
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from benchmarks import flow
-    return flow
+from engine.flow import MIXES, Flow
 
 
 def demo(argv=None) -> int:
@@ -27,16 +19,16 @@ def demo(argv=None) -> int:
                                  description="Run a seeded order flow through the engine.")
     ap.add_argument("--n", type=int, default=50_000, help="flow commands (default 50,000)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--mix", default="full", help="exchange_core | insert_heavy | full")
+    ap.add_argument("--mix", default="full", choices=sorted(MIXES))
     ap.add_argument("--accounts", type=int, default=200)
     ap.add_argument("--book", default="auto", help="auto | python | cython")
     args = ap.parse_args(argv)
 
     from engine import Engine
     from engine.messages import Rejected, Trade
-    flow = _flow()
-    assets, instruments = flow.market_config()
-    cmds = flow.generate(args.mix, args.n, seed=args.seed, accounts=args.accounts)
+    flow = Flow(args.mix, args.seed, accounts=args.accounts)
+    assets, instruments = flow.assets, flow.instruments
+    cmds = [cmd for cmd, _ in flow.stream(flow.setup_count + args.n)]
     eng = Engine(assets, instruments, book=args.book, max_open_orders=100_000)
     kinds: Counter = Counter()
     rejects: Counter = Counter()

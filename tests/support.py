@@ -10,16 +10,10 @@ the run (tests/test_build.py) instead of silently testing one book.
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:       # benchmarks/ (the flow generator) is not installed
-    sys.path.insert(0, str(ROOT))
-
-import engine  # noqa: E402
-from engine import Asset, Instrument, available_books  # noqa: E402
-from engine import core as pure_core  # noqa: E402
+import engine
+from engine import Asset, Instrument, available_books
+from engine import core as pure_core
 
 BOOKS = available_books()
 

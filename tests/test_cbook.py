@@ -1036,7 +1036,7 @@ MIX_RUNS = [("exchange_core", 1, 200_000), ("exchange_core", 2, 200_000),
 @needs_kernel
 @pytest.mark.parametrize("mix,seed,n", MIX_RUNS, ids=[f"{m}-{s}" for m, s, _ in MIX_RUNS])
 def test_benchmark_mixes_identical_events_on_both_books(mix, seed, n):
-    from benchmarks.flow import generate, market_config
+    from engine.flow import generate, market_config
     from engine.messages import encode
 
     symbols = 2 if mix == "full" else 1

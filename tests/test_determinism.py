@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.flow import generate, market_config
 from support import BOOKS, engine_class
+from engine.flow import generate, market_config
 from engine.messages import decode_events, encode
 
 N = 12_000

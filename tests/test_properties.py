@@ -151,7 +151,7 @@ for _book in BOOKS:
 def test_long_full_mix_stream_keeps_every_invariant(book):
     """A long stream of the benchmark's 'full' mix (every command type): the
     invariants every 50 commands, priority checked on every taker."""
-    from benchmarks.flow import generate, market_config
+    from engine.flow import generate, market_config
     cmds = generate("full", 6_000, seed=11, accounts=20, prefill=200)
     assets, instruments = market_config()
     eng = engine_class(book)(assets, instruments, book=book, max_open_orders=100_000)
