@@ -7,7 +7,7 @@
    first; its events are kept, so the engine's own time is not measured here.
    ``--flow trades`` (default) is this script's trade-heavy flow (makers rest
    near the mid, takers cross; ~8 ledger rows per trade); ``--flow
-   exchange_core|insert_heavy|full`` takes a mix from ``benchmarks/flow.py``
+   exchange_core|insert_heavy|full`` takes a mix from ``engine/flow.py``
    (10-13 rows per trade: most commands are orders, moves and cancels).
 2. **Throughput**: a ``SettlementWriter`` settles all of it into a fresh,
    migrated database as fast as ``put`` allows: trades/s, rows/s (ledger rows:
@@ -35,9 +35,7 @@ import random
 import secrets
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("EXCHANGE_PURE_PYTHON", "1")   # the benchmark measures settlement, not the book
 
 import asyncpg  # noqa: E402
@@ -116,9 +114,9 @@ def trade_heavy_flow(seed: int, trades_target: int, accounts: int = 500):
 
 
 def project_flow(mix: str, n: int, seed: int):
-    """(per-command event lists, trade count, assets) for ``benchmarks.flow``'s
+    """(per-command event lists, trade count, assets) for ``engine.flow``'s
     ``mix`` (exchange_core, insert_heavy, full): n commands after the funding."""
-    from benchmarks.flow import generate, market_config
+    from engine.flow import generate, market_config
     assets, instruments = market_config(1)
     engine = Engine(assets, instruments, book="python", max_open_orders=100_000)
     out = [engine.submit(cmd) for cmd in generate(mix, n, seed)]
@@ -167,10 +165,10 @@ async def checkpoint(server_url: str) -> None:
 
 
 # ---------------------------------------------------------------- phases
-async def settle_throughput(url: str, commands, batch_rows_max: int, flush_ms: float,
+async def settle_throughput(url: str, commands, batch_events_max: int, flush_ms: float,
                             pipeline_depth: int, assets):
     boundaries: list[int] = []
-    writer = SettlementWriter(url, assets=assets, batch_rows_max=batch_rows_max,
+    writer = SettlementWriter(url, assets=assets, batch_events_max=batch_events_max,
                               flush_interval_ms=flush_ms, on_commit=boundaries.append,
                               pipeline_depth=pipeline_depth)
     await writer.start()
@@ -228,7 +226,7 @@ async def ceiling(url: str, commands, boundaries: list[int], asset_ids_from: str
 
 
 async def paced_lag(url: str, commands, trades: int, rate: float, seconds: float,
-                    batch_rows_max: int, flush_ms: float, pipeline_depth: int, assets):
+                    batch_events_max: int, flush_ms: float, pipeline_depth: int, assets):
     """Replay commands paced so trades arrive at ``rate``/s; lag per command."""
     commands_per_s = rate * len(commands) / trades
     n = min(len(commands), int(commands_per_s * seconds))
@@ -243,7 +241,7 @@ async def paced_lag(url: str, commands, trades: int, rate: float, seconds: float
             lags.append(now - put_at[seq - first_seq])
         committed[0] = last_seq
 
-    writer = SettlementWriter(url, assets=assets, batch_rows_max=batch_rows_max,
+    writer = SettlementWriter(url, assets=assets, batch_events_max=batch_events_max,
                               flush_interval_ms=flush_ms, on_commit=on_commit,
                               pipeline_depth=pipeline_depth)
     await writer.start()
@@ -277,7 +275,7 @@ async def main_async(args) -> int:
     made: list[str] = []
     print(f"server: {server_url.split('@')[-1]}   python {platform.python_version()}   "
           f"loop: {'uvloop' if args.uvloop else 'asyncio'}   cores: {os.cpu_count()}   "
-          f"batch_rows_max {args.batch_rows}, flush_interval_ms {args.flush_ms:g}, "
+          f"batch_events_max {args.batch_events}, flush_interval_ms {args.flush_ms:g}, "
           f"pipeline_depth {args.pipeline_depth}")
     t = time.perf_counter()
     if args.flow == "trades":
@@ -303,7 +301,7 @@ async def main_async(args) -> int:
         for _ in range(2):
             url = await fresh_db(server_url, made)
             await checkpoint(server_url)
-            run_s, run_stats, boundaries = await settle_throughput(url, commands, args.batch_rows,
+            run_s, run_stats, boundaries = await settle_throughput(url, commands, args.batch_events,
                                                                    args.flush_ms,
                                                                    args.pipeline_depth, assets)
             if run_s < elapsed:
@@ -336,7 +334,7 @@ async def main_async(args) -> int:
             lag_url = await fresh_db(server_url, made)
             await checkpoint(server_url)
             lag = await paced_lag(lag_url, commands, trades, rate, args.lag_seconds,
-                                  args.batch_rows, args.flush_ms, args.pipeline_depth, assets)
+                                  args.batch_events, args.flush_ms, args.pipeline_depth, assets)
             await drop_all(server_url, made[-1:])
             del made[-1]
             print(f"lag at {rate:>8,.0f} trades/s: achieved {lag['achieved_trades_per_s']:8,.0f} "
@@ -358,16 +356,16 @@ def main(argv=None) -> int:
     p.add_argument("--flow", default="trades",
                    choices=["trades", "exchange_core", "insert_heavy", "full"],
                    help="'trades': this script's trade-heavy flow (default); the others are "
-                        "benchmarks/flow.py mixes")
+                        "engine/flow.py mixes")
     p.add_argument("--trades", type=int, default=200_000, help="trades in the 'trades' flow")
     p.add_argument("--commands", type=int, default=300_000,
-                   help="commands of a benchmarks/flow.py mix")
+                   help="commands of an engine/flow.py mix")
     p.add_argument("--rates", type=lambda v: [float(x) for x in v.split(",")],
                    default=[20_000.0],
                    help="paced producer rates in trades/s, comma separated; the first is the "
                         "target (default 20000); e.g. 20000,15000,10000,5000 for a sweep")
     p.add_argument("--lag-seconds", type=float, default=8.0)
-    p.add_argument("--batch-rows", type=int, default=10_000, help="batch_rows_max")
+    p.add_argument("--batch-events", type=int, default=10_000, help="batch_events_max")
     p.add_argument("--flush-ms", type=float, default=20, help="flush_interval_ms")
     p.add_argument("--pipeline-depth", type=int, default=2,
                    help="batch transactions in flight (the writer's pipeline_depth)")

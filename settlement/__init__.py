@@ -6,7 +6,7 @@ Public API::
     url = database_url()          # DATABASE_URL, else the embedded server (pgserver)
     await migrate(url)            # idempotent
     writer = SettlementWriter(url, engine_id="main", assets=engine.assets,
-                              batch_rows_max=10_000, flush_interval_ms=20)
+                              batch_events_max=10_000, flush_interval_ms=20)
     await writer.start()
     await writer.put(events)      # one Engine.submit result; awaits only when the queue is full
     await writer.flush()          # everything put so far is committed
@@ -14,14 +14,17 @@ Public API::
 
 Modules: ``database`` (where the server is), ``migrate`` (schema versions),
 ``rows`` (the pure event -> row mapping), ``assets`` (asset registration),
-``writer`` (batches, transactions, retries).  ``python -m settlement`` is the CLI.
+``writer`` (lifecycle, retry policy) with the parts it drives (``batching``,
+``pipeline``, ``connection``, ``transaction``, ``diagnostics``, ``errors``,
+``sql``), ``reconcile`` (ledger vs balances vs engine).  ``python -m
+settlement`` is the CLI.  The design: docs/settlement.md.
 """
 from .assets import AssetMismatch, register_assets
 from .database import database_url, default_pgdata, embedded_url, stop_embedded, with_database
 from .migrate import MigrationError, migrate
 from .rows import BatchBuilder, MappingError
-from .writer import (DatabaseUnavailable, LedgerRejected, SettlementError, SettlementWriter,
-                     WriterClosed, WriterStats)
+from .errors import DatabaseUnavailable, LedgerRejected, SettlementError, WriterClosed
+from .writer import SettlementWriter, WriterStats
 
 __all__ = [
     "SettlementWriter", "migrate", "database_url",

@@ -1,6 +1,6 @@
 """The main job, end to end: ``python -m settlement demo``.
 
-A seeded order flow (benchmarks/flow.py) runs through the engine; every
+A seeded order flow (engine/flow.py) runs through the engine; every
 event goes through a ``SettlementWriter`` into PostgreSQL -- ``DATABASE_URL``,
 else the embedded server -- in a database of its own (``--database``, dropped
 and created fresh on each run); then the ledger is reconciled against the
@@ -11,26 +11,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import asyncpg
+
+from engine.flow import MIXES, Flow
+from engine.ledger import FIRST_USER_ACCOUNT, SYSTEM_FEES
 
 from .database import ENV_URL, database_url, with_database
 from .migrate import migrate
 from .reconcile import reconcile
 from .writer import SettlementWriter
-
-
-def _flow():
-    try:
-        from benchmarks import flow
-    except ImportError:   # the generator lives beside the packages in a checkout
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from benchmarks import flow
-    return flow
 
 
 async def fresh_database(server_url: str, name: str) -> str:
@@ -49,10 +41,10 @@ async def fresh_database(server_url: str, name: str) -> str:
 async def run(args) -> int:
     from engine import Engine
     from engine.messages import Trade
-    flow = _flow()
-    assets, instruments = flow.market_config()
+    flow = Flow(args.mix, args.seed, accounts=args.accounts)
+    assets, instruments = flow.assets, flow.instruments
     print(f"generating {args.n:,} commands ({args.mix} mix, seed {args.seed}) ...", flush=True)
-    cmds = flow.generate(args.mix, args.n, seed=args.seed, accounts=args.accounts)
+    cmds = [cmd for cmd, _ in flow.stream(flow.setup_count + args.n)]
     server = database_url()
     url = await fresh_database(server, args.database)
     await migrate(url)
@@ -79,11 +71,11 @@ async def run(args) -> int:
     try:
         counts = {t: await conn.fetchval(f"SELECT count(*) FROM {t}")
                   for t in ("transfers", "trades", "orders", "audit_log", "balances")}
-        fees = await conn.fetch("SELECT asset, available FROM balances_view WHERE account_id = 1 "
-                                "ORDER BY asset")
+        fees = await conn.fetch("SELECT asset, available FROM balances_view WHERE account_id = $1 "
+                                "ORDER BY asset", SYSTEM_FEES)
         top = await conn.fetch(
-            "SELECT account_id, asset, available, locked FROM balances_view WHERE account_id >= 2 "
-            "ORDER BY account_id, asset LIMIT 4")
+            "SELECT account_id, asset, available, locked FROM balances_view WHERE account_id >= $1 "
+            "ORDER BY account_id, asset LIMIT 4", FIRST_USER_ACCOUNT)
     finally:
         await conn.close()
 
@@ -113,7 +105,7 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=50_000, help="flow commands (default 50,000)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--mix", default="full", help="exchange_core | insert_heavy | full")
+    ap.add_argument("--mix", default="full", choices=sorted(MIXES))
     ap.add_argument("--accounts", type=int, default=200)
     ap.add_argument("--book", default="auto", help="auto | python | cython")
     ap.add_argument("--database", default="exchange_demo",

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import asyncpg
 
-BUCKETS = ("available", "locked")
+from engine.ledger import BUCKETS
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ async def reconcile(url: str, engine, *, engine_id: str = "main") -> Reconciliat
                 "SELECT asset_id, name FROM assets")}
             ledger = {(r["account"], r["asset_id"], r["bucket"]): r["total"]
                       for r in await conn.fetch(_LEDGER_SQL)}
-            table = {(r["account_id"], r["asset_id"]): (r["available"], r["locked"])
+            table = {(r["account_id"], r["asset_id"]): tuple(r[bucket] for bucket in BUCKETS)
                      for r in await conn.fetch(
                          "SELECT account_id, asset_id, available, locked FROM balances")}
             found = compare(engine, asset_names, ledger, table)

@@ -29,14 +29,14 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
 
+from engine.ledger import AVAILABLE, KIND_TRADE, LOCKED
 from engine.messages import (Accepted, Adjusted, Cancelled, Halted, Rejected, Replaced, Resumed,
                              Trade, Transfer, Triggered)
 
 __all__ = ["BatchBuilder", "MappingError", "TRANSFER_COLUMNS", "TRADE_COLUMNS", "AUDIT_COLUMNS",
-           "ORDER_COLUMNS", "ORDER_UPDATE_COLUMNS", "BALANCE_COLUMNS", "AVAILABLE", "LOCKED",
-           "STATUS_OPEN", "STATUS_FILLED", "STATUS_CANCELLED"]
+           "ORDER_COLUMNS", "ORDER_UPDATE_COLUMNS", "BALANCE_COLUMNS", "STATUS_OPEN",
+           "STATUS_FILLED", "STATUS_CANCELLED"]
 
-AVAILABLE, LOCKED = "available", "locked"
 STATUS_OPEN, STATUS_FILLED, STATUS_CANCELLED = "open", "filled", "cancelled"
 
 TRANSFER_COLUMNS = ("seq", "event_index", "asset_id", "amount", "source_account",
@@ -60,11 +60,40 @@ ORDER_UPDATE_COLUMNS = ("order_id", "price_ticks", "open_qty_lots", "filled_qty_
 BALANCE_COLUMNS = ("account_id", "asset_id", "available_delta", "locked_delta",
                    "available_after", "locked_after", "updated_seq")
 
+# Rows stay plain tuples (what COPY takes fastest); code that reads a field
+# names its position with one of these.
+T_ASSET_ID = TRANSFER_COLUMNS.index("asset_id")
+T_AMOUNT = TRANSFER_COLUMNS.index("amount")
+T_SOURCE_ACCOUNT = TRANSFER_COLUMNS.index("source_account")
+T_SOURCE_BUCKET = TRANSFER_COLUMNS.index("source_bucket")
+T_TARGET_ACCOUNT = TRANSFER_COLUMNS.index("target_account")
+T_TARGET_BUCKET = TRANSFER_COLUMNS.index("target_bucket")
+T_KIND = TRANSFER_COLUMNS.index("kind")
+B_ACCOUNT_ID = BALANCE_COLUMNS.index("account_id")
+B_ASSET_ID = BALANCE_COLUMNS.index("asset_id")
+B_UPDATED_SEQ = BALANCE_COLUMNS.index("updated_seq")
+
 _NO_ROW = (Rejected, Halted, Resumed)
 
-# order state slots (a list per order while the batch is built)
-_O_ID, _O_ACCOUNT, _O_CID, _O_SYMBOL, _O_SIDE, _O_PRICE, _O_QTY, _O_OPEN, _O_FILLED, \
-    _O_STATUS, _O_REASON, _O_ACCEPTED_SEQ, _O_UPDATED_SEQ = range(13)
+# the slots of the lists the builder keeps while a batch is built: an order's
+# state (ORDER_COLUMNS), a trade waiting for its two transfers (TRADE_COLUMNS),
+# and the per-(account, asset) balance change (BALANCE_COLUMNS after the key)
+_O_PRICE = ORDER_COLUMNS.index("price_ticks")
+_O_OPEN = ORDER_COLUMNS.index("open_qty_lots")
+_O_FILLED = ORDER_COLUMNS.index("filled_qty_lots")
+_O_STATUS = ORDER_COLUMNS.index("status")
+_O_REASON = ORDER_COLUMNS.index("cancel_reason")
+_O_UPDATED_SEQ = ORDER_COLUMNS.index("updated_seq")
+_TR_BASE_ASSET = TRADE_COLUMNS.index("base_asset_id")
+_TR_QUOTE_ASSET = TRADE_COLUMNS.index("quote_asset_id")
+_TR_BASE_AMOUNT = TRADE_COLUMNS.index("base_amount")
+_TR_QUOTE_AMOUNT = TRADE_COLUMNS.index("quote_amount")
+_TR_MAKER_ACCOUNT = TRADE_COLUMNS.index("maker_account")
+_TR_TAKER_ACCOUNT = TRADE_COLUMNS.index("taker_account")
+_TR_TAKER_SIDE = TRADE_COLUMNS.index("taker_side")
+_B_AVAILABLE_DELTA, _B_LOCKED_DELTA, _B_AVAILABLE_AFTER, _B_LOCKED_AFTER, _B_UPDATED_SEQ = range(5)
+assert BALANCE_COLUMNS[2:] == ("available_delta", "locked_delta", "available_after",
+                               "locked_after", "updated_seq")
 
 
 class MappingError(ValueError):
@@ -91,7 +120,7 @@ class BatchBuilder:
         self.trades: list[tuple] = []
         self.audit: list[tuple] = []
         # (account, asset_id) -> [available_delta, locked_delta, available_after,
-        #                         locked_after, updated_seq]
+        #                         locked_after, updated_seq] (the _B_* slots)
         self._balances: dict[tuple[int, int], list] = {}
         self._orders: dict[int, list] = {}      # order_id -> state slots
         self._accepted: set[int] = set()        # orders accepted in this batch
@@ -135,27 +164,27 @@ class BatchBuilder:
                 if row is None:
                     row = balances[(source, asset_id)] = [0, 0, None, None, seq]
                 if ev.source_bucket == AVAILABLE:
-                    row[0] -= amount
-                    row[2] = ev.source_balance
+                    row[_B_AVAILABLE_DELTA] -= amount
+                    row[_B_AVAILABLE_AFTER] = ev.source_balance
                 elif ev.source_bucket == LOCKED:
-                    row[1] -= amount
-                    row[3] = ev.source_balance
+                    row[_B_LOCKED_DELTA] -= amount
+                    row[_B_LOCKED_AFTER] = ev.source_balance
                 else:
                     raise MappingError(f"bad source_bucket {ev.source_bucket!r}", events)
-                row[4] = seq
+                row[_B_UPDATED_SEQ] = seq
                 row = balances.get((target, asset_id))
                 if row is None:
                     row = balances[(target, asset_id)] = [0, 0, None, None, seq]
                 if ev.target_bucket == AVAILABLE:
-                    row[0] += amount
-                    row[2] = ev.target_balance
+                    row[_B_AVAILABLE_DELTA] += amount
+                    row[_B_AVAILABLE_AFTER] = ev.target_balance
                 elif ev.target_bucket == LOCKED:
-                    row[1] += amount
-                    row[3] = ev.target_balance
+                    row[_B_LOCKED_DELTA] += amount
+                    row[_B_LOCKED_AFTER] = ev.target_balance
                 else:
                     raise MappingError(f"bad target_bucket {ev.target_bucket!r}", events)
-                row[4] = seq
-                if ev.kind == "trade":
+                row[_B_UPDATED_SEQ] = seq
+                if ev.kind == KIND_TRADE:
                     if trades_open is None or ev.trade_id not in trades_open:
                         raise MappingError(f"trade transfer for trade {ev.trade_id} without its "
                                            "Trade event before it", events)
@@ -223,16 +252,16 @@ class BatchBuilder:
         """The engine books a trade as two transfers right after its Trade
         event: base from seller to buyer, then quote from buyer to seller."""
         row = trades_open[ev.trade_id]
-        taker_buys = row[14] == "buy"
-        buyer, seller = (row[13], row[12]) if taker_buys else (row[12], row[13])
-        if row[6] is None:
+        maker, taker = row[_TR_MAKER_ACCOUNT], row[_TR_TAKER_ACCOUNT]
+        buyer, seller = (taker, maker) if row[_TR_TAKER_SIDE] == "buy" else (maker, taker)
+        if row[_TR_BASE_ASSET] is None:
             if ev.source_account != seller or ev.target_account != buyer:
                 raise MappingError(f"trade {ev.trade_id}: first leg is not seller -> buyer", events)
-            row[6], row[8] = asset_id, ev.amount
+            row[_TR_BASE_ASSET], row[_TR_BASE_AMOUNT] = asset_id, ev.amount
         else:
             if ev.source_account != buyer or ev.target_account != seller:
                 raise MappingError(f"trade {ev.trade_id}: second leg is not buyer -> seller", events)
-            row[7], row[9] = asset_id, ev.amount
+            row[_TR_QUOTE_ASSET], row[_TR_QUOTE_AMOUNT] = asset_id, ev.amount
             self.trades.append(tuple(row))
             del trades_open[ev.trade_id]
 
@@ -247,8 +276,7 @@ class BatchBuilder:
     # ------------------------------------------------------------------ output
     def balance_rows(self) -> list[tuple]:
         """Rows in ``BALANCE_COLUMNS`` order, one per touched (account, asset)."""
-        return [(account, asset_id, r[0], r[1], r[2], r[3], r[4])
-                for (account, asset_id), r in self._balances.items()]
+        return [(account, asset_id, *r) for (account, asset_id), r in self._balances.items()]
 
     def order_rows(self) -> tuple[list[tuple], list[tuple]]:
         """(new orders in ``ORDER_COLUMNS`` order, updates in ``ORDER_UPDATE_COLUMNS`` order)."""

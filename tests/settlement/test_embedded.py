@@ -18,7 +18,7 @@ import pytest
 
 from settle_db import create_database, drop_database
 from settle_checks import assert_settled
-from settle_flow import ASSETS, run
+from engine.flow import CROSS_ASSETS as ASSETS, run
 from settlement import SettlementWriter, database_url, default_pgdata, migrate
 from settlement.database import _pgserver, embedded_server, stop_embedded
 
@@ -103,7 +103,7 @@ def test_postgres_restart_mid_stream_loses_nothing_and_books_nothing_twice(embed
     outages = []
 
     async def main():
-        writer = SettlementWriter(embedded_db, assets=ASSETS, batch_rows_max=2_000,
+        writer = SettlementWriter(embedded_db, assets=ASSETS, batch_events_max=2_000,
                                   flush_interval_ms=10, reconnect_delay_max_ms=200)
         await writer.start()
         third = len(commands) // 3

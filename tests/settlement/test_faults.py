@@ -12,7 +12,7 @@ import pytest
 from engine.messages import Trade, Transfer
 from settle_checks import assert_settled
 from settle_db import BalancesLocked
-from settle_flow import ASSETS, run
+from engine.flow import CROSS_ASSETS as ASSETS, run
 from settle_proxy import BlackHoleProxy
 from settlement import LedgerRejected, SettlementWriter, WriterClosed
 
@@ -41,8 +41,8 @@ def test_ids_another_writer_committed_are_skipped_not_fatal(db_url):
     engine, commands = run(seed=31, n=4_000)
 
     async def main():
-        a = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=500)
-        b = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=700)
+        a = SettlementWriter(db_url, assets=ASSETS, batch_events_max=500)
+        b = SettlementWriter(db_url, assets=ASSETS, batch_events_max=700)
         await a.start()
         await b.start()                 # both read last_seq 0
         await _feed(a, commands)
@@ -64,7 +64,7 @@ def test_a_duplicate_key_on_a_connection_that_then_drops_is_retried(db_url):
     engine, commands = run(seed=39, n=2_000)
 
     async def main():
-        writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=500)
+        writer = SettlementWriter(db_url, assets=ASSETS, batch_events_max=500)
         real_commit = writer._commit
         injected = {"n": 0}
 
@@ -102,7 +102,7 @@ def test_a_real_duplicate_trade_id_stops_the_writer_with_the_batch(db_url):
             "VALUES ($1, 0, 0, 'X', 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 'buy', 0, 0, 0, 0)",
             first_trade.trade_id)
         await conn.close()
-        writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=500)
+        writer = SettlementWriter(db_url, assets=ASSETS, batch_events_max=500)
         await writer.start()
         with pytest.raises(LedgerRejected) as err:
             await _feed(writer, commands)
@@ -122,7 +122,7 @@ def test_a_statement_timeout_is_retried_and_nothing_is_lost(db_url):
     engine, commands = run(seed=33, n=3_000)
 
     async def main():
-        writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=400,
+        writer = SettlementWriter(db_url, assets=ASSETS, batch_events_max=400,
                                   flush_interval_ms=5, command_timeout_s=0.3)
         await writer.start()
         async with BalancesLocked(db_url) as lock:
@@ -145,7 +145,7 @@ def test_a_cancelled_statement_is_retried(db_url):
     engine, commands = run(seed=34, n=2_000)
 
     async def main():
-        writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=400, flush_interval_ms=5)
+        writer = SettlementWriter(db_url, assets=ASSETS, batch_events_max=400, flush_interval_ms=5)
         await writer.start()
         admin = await asyncpg.connect(db_url)
         async with BalancesLocked(db_url) as lock:
@@ -176,7 +176,7 @@ def test_a_lock_timeout_is_retried(db_url):
         dbname = await conn.fetchval("SELECT current_database()")
         await conn.execute(f'ALTER DATABASE "{dbname}" SET lock_timeout = 100')
         await conn.close()
-        writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=400, flush_interval_ms=5)
+        writer = SettlementWriter(db_url, assets=ASSETS, batch_events_max=400, flush_interval_ms=5)
         await writer.start()
         async with BalancesLocked(db_url) as lock:
             await _feed(writer, commands[:300])
@@ -205,7 +205,7 @@ def test_a_silent_network_black_hole_is_detected_and_survived(db_url, stall):
 
     async def main():
         proxy = await BlackHoleProxy(db_url).start()
-        writer = SettlementWriter(proxy.url, assets=ASSETS, batch_rows_max=300,
+        writer = SettlementWriter(proxy.url, assets=ASSETS, batch_events_max=300,
                                   flush_interval_ms=5, command_timeout_s=1.0)
         await writer.start()
         await _feed(writer, commands[:2_000])
@@ -231,8 +231,8 @@ def test_abort_during_close_ends_close_with_writer_closed(db_url):
     engine, commands = run(seed=42, n=1_000)
 
     async def main():
-        writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=100,
-                                  queue_rows_max=100_000, flush_interval_ms=5)
+        writer = SettlementWriter(db_url, assets=ASSETS, batch_events_max=100,
+                                  queue_events_max=100_000, flush_interval_ms=5)
         await writer.start()
         async with BalancesLocked(db_url):
             await _feed(writer, commands)
@@ -252,7 +252,7 @@ def test_abort_wakes_a_waiting_put_and_flush(db_url):
     engine, commands = run(seed=36, n=2_000)
 
     async def main():
-        writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=50, queue_rows_max=100,
+        writer = SettlementWriter(db_url, assets=ASSETS, batch_events_max=50, queue_events_max=100,
                                   flush_interval_ms=5)
         await writer.start()
         async with BalancesLocked(db_url):
@@ -282,7 +282,7 @@ def test_close_with_a_put_waiting_commits_every_put_that_returned(db_url):
     returned: list[int] = []
 
     async def main():
-        writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=50, queue_rows_max=100,
+        writer = SettlementWriter(db_url, assets=ASSETS, batch_events_max=50, queue_events_max=100,
                                   flush_interval_ms=5)
         await writer.start()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 
 from settle_db import drop_database
-from settle_flow import ASSETS, run
+from engine.flow import CROSS_ASSETS as ASSETS, run
 from settlement import SettlementWriter, with_database
 from settlement.reconcile import reconcile
 

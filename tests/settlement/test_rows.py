@@ -7,7 +7,7 @@ import pytest
 
 from engine.messages import (Accepted, Adjust, Adjusted, CancelOrder, Deposit, PlaceOrder, Rejected,
                              Trade, Transfer)
-from settle_flow import new_engine, run
+from engine.flow import new_engine, run
 from settlement.rows import (BALANCE_COLUMNS, ORDER_COLUMNS, ORDER_UPDATE_COLUMNS, TRADE_COLUMNS,
                              TRANSFER_COLUMNS, BatchBuilder, MappingError, build)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -15,6 +16,8 @@ from settlement import MigrationError, migrate, register_assets
 from settlement.assets import AssetMismatch
 from settlement.migrate import migrations
 from engine import Asset
+from engine.ledger import (BUCKETS, FIRST_USER_ACCOUNT, SYSTEM_ACCOUNTS, SYSTEM_OUTSIDE,
+                           TRANSFER_KINDS)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,7 +196,7 @@ def test_cli_migrate_status_balances(make_db):
 
 def test_user_queries_are_served_by_indexes(db_url):
     """An account's transfers by time, a trade by id, an order's history."""
-    from settle_flow import ASSETS, run
+    from engine.flow import CROSS_ASSETS as ASSETS, run
     from settlement import SettlementWriter
     engine, commands = run(seed=13, n=3_000)
 
@@ -228,3 +231,34 @@ def test_user_queries_are_served_by_indexes(db_url):
         p = await plan("SELECT * FROM orders WHERE order_id = 9")
         assert "orders_pkey" in p, p
     _run(_with_conn(db_url, check))
+
+
+def test_check_constraints_repeat_the_ledger_rules_of_engine_ledger(db_url):
+    """The SQL CHECKs restate engine.ledger (PostgreSQL cannot import it): the
+    buckets, the transfer kinds and the system-account boundary must agree."""
+    async def read(conn):
+        checks = {r["conname"]: r["def"] for r in await conn.fetch(
+            "SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint "
+            "WHERE contype = 'c' AND conrelid IN ('transfers'::regclass, "
+            "'balances'::regclass, 'accounts'::regclass)")}
+        system = [r["id"] for r in await conn.fetch(
+            "SELECT id FROM accounts WHERE kind = 'system' ORDER BY id")]
+        return checks, system
+
+    checks, system = _run(_with_conn(db_url, read))
+
+    def literals(name):         # 'x'::text, in the order of the CHECK
+        return tuple(re.findall(r"'([^']*)'::text", checks[name]))
+
+    def bounds(name, column):   # (column OP number) -> [(OP, number)]
+        return [(op, int(n)) for op, n in re.findall(rf"\({column} ([<>=]+) (\d+)\)",
+                                                     checks[name])]
+
+    assert literals("transfers_source_bucket_check") == BUCKETS
+    assert literals("transfers_target_bucket_check") == BUCKETS
+    assert literals("transfers_kind_check") == TRANSFER_KINDS
+    assert bounds("accounts_kind_by_id", "id") == [("<", FIRST_USER_ACCOUNT)]
+    assert bounds("balances_system_unlocked", "account_id") == [(">=", FIRST_USER_ACCOUNT)]
+    assert bounds("balances_available_nonnegative", "account_id") == [("=", SYSTEM_OUTSIDE)]
+    assert bounds("balances_locked_nonnegative", "account_id") == [("=", SYSTEM_OUTSIDE)]
+    assert tuple(system) == SYSTEM_ACCOUNTS == tuple(range(FIRST_USER_ACCOUNT))

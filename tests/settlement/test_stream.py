@@ -14,7 +14,7 @@ import pytest
 
 from settle_checks import assert_settled
 from settle_db import BalancesLocked
-from settle_flow import ASSETS, Flow, new_engine, run
+from engine.flow import CROSS_ASSETS as ASSETS, Flow, new_engine, run
 from settlement import SettlementWriter
 
 STREAM_COMMANDS = int(os.environ.get("EXCHANGE_SETTLE_COMMANDS", "120000"))
@@ -31,11 +31,11 @@ async def _feed(writer, commands, every=0, pause_s=0.0):
 def test_long_random_stream_settles_exactly(db_url):
     """100k+ commands, engine driven live: every put is one Engine.submit."""
     engine = new_engine()
-    flow = Flow(seed=20240601)
+    flow = Flow("ledger", seed=20240601, engine=engine)
     commands = []
 
     async def main():
-        writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=10_000,
+        writer = SettlementWriter(db_url, assets=ASSETS, batch_events_max=10_000,
                                   flush_interval_ms=20)
         await writer.start()
         for i, cmd in enumerate(flow.commands(STREAM_COMMANDS)):
@@ -65,7 +65,7 @@ def test_replay_and_writer_restart_never_double_book(db_url):
     engine, commands = run(seed=7, n=20_000)
 
     async def main():
-        first = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=2_000)
+        first = SettlementWriter(db_url, assets=ASSETS, batch_events_max=2_000)
         await first.start()
         await _feed(first, commands[:9_000])
         await first.flush()
@@ -73,7 +73,7 @@ def test_replay_and_writer_restart_never_double_book(db_url):
         await first.abort()                              # crash
         lost = len(first.pending_events())
 
-        second = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=2_000)
+        second = SettlementWriter(db_url, assets=ASSETS, batch_events_max=2_000)
         await second.start()
         assert 9_000 <= second.committed_seq <= 12_000
         await _feed(second, commands)
@@ -99,7 +99,7 @@ def test_connection_killed_mid_batch_is_retried_exactly_once(db_url):
     engine, commands = run(seed=11, n=30_000)
 
     async def main():
-        writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=1_500,
+        writer = SettlementWriter(db_url, assets=ASSETS, batch_events_max=1_500,
                                   flush_interval_ms=5)
         await writer.start()
         admin = await asyncpg.connect(db_url)   # outside any transaction: fresh pg_stat_activity
@@ -153,7 +153,7 @@ def test_commit_acknowledgement_lost_is_not_booked_twice(db_url):
     engine, commands = run(seed=5, n=6_000)
 
     async def main():
-        writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=1_000)
+        writer = SettlementWriter(db_url, assets=ASSETS, batch_events_max=1_000)
         real_commit = writer._commit
         lost = {"n": 0}
 
@@ -181,8 +181,8 @@ def test_two_writers_of_one_engine_settle_each_command_once(db_url):
     engine, commands = run(seed=9, n=15_000)
 
     async def main():
-        a = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=700, flush_interval_ms=2)
-        b = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=1_100, flush_interval_ms=3)
+        a = SettlementWriter(db_url, assets=ASSETS, batch_events_max=700, flush_interval_ms=2)
+        b = SettlementWriter(db_url, assets=ASSETS, batch_events_max=1_100, flush_interval_ms=3)
         await a.start()
         await b.start()
         await asyncio.gather(_feed(a, commands, every=50, pause_s=0.001),

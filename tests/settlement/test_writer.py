@@ -11,7 +11,7 @@ import pytest
 from engine.messages import Deposit, Transfer
 from settle_checks import assert_settled
 from settle_db import BalancesLocked
-from settle_flow import ASSETS, new_engine, run
+from engine.flow import CROSS_ASSETS as ASSETS, new_engine, run
 from settlement import (DatabaseUnavailable, LedgerRejected, SettlementError, SettlementWriter,
                         register_assets)
 
@@ -29,7 +29,7 @@ def test_a_batch_commits_after_flush_interval_without_flush(db_url):
     events = engine.submit(Deposit(2, "USDT", 100))
 
     async def main():
-        writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=10_000,
+        writer = SettlementWriter(db_url, assets=ASSETS, batch_events_max=10_000,
                                   flush_interval_ms=30)
         await writer.start()
         t0 = time.monotonic()
@@ -44,13 +44,13 @@ def test_a_batch_commits_after_flush_interval_without_flush(db_url):
     assert_settled(db_url, engine, [events])
 
 
-def test_batches_are_cut_at_batch_rows_max_and_hold_whole_commands(db_url):
+def test_batches_are_cut_at_batch_events_max_and_hold_whole_commands(db_url):
     engine, commands = run(seed=21, n=3_000)
     committed: list[int] = []
     sizes = {events[0].seq: len(events) for events in commands}
 
     async def main():
-        writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=200,
+        writer = SettlementWriter(db_url, assets=ASSETS, batch_events_max=200,
                                   flush_interval_ms=60_000, on_commit=committed.append)
         await writer.start()
         for events in commands[:-1]:
@@ -80,7 +80,7 @@ def test_backpressure_a_full_queue_makes_put_wait_and_nothing_is_dropped(db_url)
     engine, commands = run(seed=4, n=3_000)
 
     async def main():
-        writer = SettlementWriter(db_url, assets=ASSETS, batch_rows_max=100, queue_rows_max=300,
+        writer = SettlementWriter(db_url, assets=ASSETS, batch_events_max=100, queue_events_max=300,
                                   flush_interval_ms=5)
         await writer.start()
         fed = 0
@@ -285,16 +285,29 @@ def test_usage_errors(db_url):
             await writer.put(commands[1])
 
     asyncio.run(main())
-    for bad in ({"batch_rows_max": 0}, {"flush_interval_ms": 0},
-                {"batch_rows_max": 10, "queue_rows_max": 5}, {"engine_id": ""}):
+    for bad in ({"batch_events_max": 0}, {"flush_interval_ms": 0},
+                {"batch_events_max": 10, "queue_events_max": 5}, {"engine_id": ""}):
         with pytest.raises(ValueError):
             SettlementWriter(db_url, **bad)
+
+
+def test_the_old_row_names_of_the_event_bounds_still_work_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="batch_rows_max.*batch_events_max"):
+        writer = SettlementWriter("postgresql://unused", batch_rows_max=50)
+    assert (writer.batch_events_max, writer.queue_events_max) == (50, 500)
+    with pytest.warns(DeprecationWarning, match="queue_rows_max.*queue_events_max"):
+        writer = SettlementWriter("postgresql://unused", batch_events_max=50, queue_rows_max=70)
+    assert (writer.batch_events_max, writer.queue_events_max) == (50, 70)
+    with pytest.raises(TypeError, match="both"):
+        SettlementWriter("postgresql://unused", batch_rows_max=50, batch_events_max=60)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'batch_max'"):
+        SettlementWriter("postgresql://unused", batch_max=50)
 
 
 def test_batch_statements_look_rows_up_by_key_however_big_the_tables(db_url):
     """The per-batch UPDATEs must not scan orders or balances: their cost would
     grow with the exchange's history."""
-    from settlement.writer import _KEYED_PLANS, _SQL_APPLY_BALANCES, _SQL_UPDATE_ORDERS
+    from settlement.sql import KEYED_PLANS, SQL_APPLY_BALANCES, SQL_UPDATE_ORDERS
     engine, commands = run(seed=8, n=4_000)
 
     async def main():
@@ -303,18 +316,18 @@ def test_batch_statements_look_rows_up_by_key_however_big_the_tables(db_url):
         for events in commands:
             await writer.put(events)
         await writer.close()
-        conn = await asyncpg.connect(db_url, server_settings=_KEYED_PLANS)
+        conn = await asyncpg.connect(db_url, server_settings=KEYED_PLANS)
         try:
             await conn.execute("ANALYZE")
             ids = [r[0] for r in await conn.fetch("SELECT order_id FROM orders LIMIT 2000")]
             n = len(ids)
             order_plan = "\n".join(r[0] for r in await conn.fetch(
-                "EXPLAIN " + _SQL_UPDATE_ORDERS, ids, [None] * n, [0] * n, [0] * n, ["open"] * n,
+                "EXPLAIN " + SQL_UPDATE_ORDERS, ids, [None] * n, [0] * n, [0] * n, ["open"] * n,
                 [None] * n, [1] * n))
             keys = await conn.fetch("SELECT account_id, asset_id FROM balances")
             n = len(keys)
             balance_plan = "\n".join(r[0] for r in await conn.fetch(
-                "EXPLAIN " + _SQL_APPLY_BALANCES, [k[0] for k in keys], [k[1] for k in keys],
+                "EXPLAIN " + SQL_APPLY_BALANCES, [k[0] for k in keys], [k[1] for k in keys],
                 [0] * n, [0] * n, [None] * n, [None] * n, [1] * n))
             return order_plan, balance_plan
         finally:
@@ -336,7 +349,7 @@ def test_a_failed_batch_keeps_the_batch_behind_it_uncommitted(db_url):
                       source_balance=99, target_balance=301)]
 
     async def main():
-        writer = await _start_with(db_url, commands, batch_rows_max=1, pipeline_depth=2)
+        writer = await _start_with(db_url, commands, batch_events_max=1, pipeline_depth=2)
         await writer.put(bad)          # a batch of its own
         await writer.put(after)        # the next batch, in flight beside it
         with pytest.raises(LedgerRejected, match="balances_available_nonnegative"):
@@ -357,7 +370,7 @@ def test_both_pipeline_depths_settle_the_same_ledger(make_db, pipeline_depth):
     url = make_db()
 
     async def main():
-        writer = SettlementWriter(url, assets=ASSETS, batch_rows_max=800,
+        writer = SettlementWriter(url, assets=ASSETS, batch_events_max=800,
                                   pipeline_depth=pipeline_depth)
         await writer.start()
         for i, events in enumerate(commands):
