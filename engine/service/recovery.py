@@ -125,7 +125,7 @@ async def recover(config, *, book=None, database_url: str | None = None) -> Reco
     try:
         if config.database.enabled:
             writer = await _start_writer(config, database_url)
-            settled = writer.committed_seq()
+            settled = writer.committed_seq
             if settled > journal.last_seq:
                 raise RecoveryError(
                     f"PostgreSQL has settled up to seq {settled} but the journal in "

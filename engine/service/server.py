@@ -25,6 +25,7 @@ import msgspec
 
 from ..messages import Adjust, CancelOrder, Deposit, Halt, PlaceOrder, ReplaceOrder, Resume, Withdraw
 from . import protocol as P
+from .config import ROLES
 from .journal import JournalRecord, JournalWriteError
 from .recovery import Recovered, newest_at_or_below, recover
 
@@ -35,6 +36,7 @@ ROLE_COMMANDS = {
     "treasury": (Deposit, Withdraw),
     "admin": (PlaceOrder, CancelOrder, ReplaceOrder, Deposit, Withdraw, Adjust, Halt, Resume),
 }
+assert tuple(ROLE_COMMANDS) == ROLES, "every role the configuration accepts has its commands here"
 ERR_JOURNAL = "journal_write_failed"     # the command was not journaled, so not applied
 SETTLE_BACKLOG_MAX = 50_000             # commands waiting for the settlement writer: reading pauses
 PENDING_MAX = 20_000                    # frames read but not yet processed: reading pauses
@@ -426,7 +428,7 @@ class Server:
         if not (self.snapshots.list() and self.snapshots.list()[-1].seq == seq):
             self.snapshots.write(seq, self.state.snapshot())
         self._last_snapshot_seq = seq
-        settled = self.writer.committed_seq() if self.writer is not None else seq
+        settled = self.writer.committed_seq if self.writer is not None else seq
         found = newest_at_or_below(self.snapshots, settled)
         base = found[0] if found is not None else 0
         self.snapshots.prune(keep=2, keep_from_seq=base)
