@@ -19,6 +19,13 @@ cimport cython
 from engine._commands cimport PlaceOrder as _PlaceOrder, CancelOrder as _CancelOrder
 from engine._commands cimport ReplaceOrder as _ReplaceOrder
 
+# the ledger's words and the order codes as C module variables, so that the
+# hot paths read them without a module-dictionary lookup (engine/ledger.py and
+# engine/core.py still define them; these only say where the values live)
+cdef object AVAILABLE, LOCKED, SYSTEM_OUTSIDE, SYSTEM_FEES
+cdef object KIND_LOCK, KIND_UNLOCK, KIND_TRADE, KIND_FEE, KIND_DEPOSIT, KIND_WITHDRAW, KIND_ADJUST
+cdef Py_ssize_t TYPE_MARKET, TYPE_STOP, TIF_GTC, TIF_IOC, TIF_FOK
+
 cdef bint _is_id(object value)
 @cython.locals(i=Py_ssize_t, text=str, valid=str)
 cdef Py_ssize_t _word_code(object word, tuple words) noexcept
