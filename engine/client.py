@@ -58,11 +58,36 @@ class _Protocol(asyncio.Protocol):
         self.client._lost(exc)
 
 
+class _Collector:
+    """Stands where a future would, for the replies of one ``request_many``:
+    resolves its future with all of them, in order, once the last arrives."""
+    __slots__ = ("future", "replies", "left")
+
+    def __init__(self, future: asyncio.Future, n: int):
+        self.future = future
+        self.replies = []
+        self.left = n
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, reply) -> None:
+        self.replies.append(reply)
+        self.left -= 1
+        if not self.left:
+            self.future.set_result(self.replies)
+
+    def set_exception(self, exc) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
 class Client:
     """A gateway session; create with ``await Client.connect(...)``."""
 
     def __init__(self):
         self._transport = None
+        self._outbox: list[bytes] = []      # frames of this loop iteration, written once
         self._pending: dict[int, asyncio.Future] = {}
         self._welcome: asyncio.Future | None = None
         self._reports: asyncio.Queue = asyncio.Queue(REPORT_QUEUE_MAX)
@@ -100,6 +125,7 @@ class Client:
     async def close(self) -> None:
         """A clean close: the server answers what was sent before it."""
         if self._transport is not None and not self._transport.is_closing():
+            self._flush()
             self._transport.write(P.encode_frame(P.Bye()))
             self._transport.close()
         self._lost(None)
@@ -150,6 +176,17 @@ class Client:
         except asyncio.QueueFull:
             pass
 
+    def _write(self, frame: bytes) -> None:
+        """Queue a frame; the frames of one loop iteration leave in one write."""
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(frame)
+
+    def _flush(self) -> None:
+        out, self._outbox = self._outbox, []
+        if out and self._closed_error is None:
+            self._transport.write(b"".join(out))
+
     def _send(self, make) -> asyncio.Future:
         if self._closed_error is not None:
             raise self._closed_error
@@ -157,8 +194,29 @@ class Client:
         self._next_id = rid + 1
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
-        self._transport.write(P.encode_frame(make(rid)))
+        self._write(P.encode_frame(make(rid)))
         return fut
+
+    async def request_many(self, commands) -> list:
+        """Send many commands at once (pipelined, one write); their Replies,
+        in order.  Cheaper than one ``request`` each when throughput counts."""
+        if self._closed_error is not None:
+            raise self._closed_error
+        commands = list(commands)
+        if not commands:
+            return []
+        fut = asyncio.get_running_loop().create_future()
+        collector = _Collector(fut, len(commands))
+        rid = self._next_id
+        self._next_id = rid + len(commands)
+        pending = self._pending
+        frames = []
+        for cmd in commands:
+            pending[rid] = collector
+            frames.append(P.Request(rid, cmd))
+            rid += 1
+        self._write(P.encode_frames(frames))
+        return await fut
 
     async def request(self, command) -> list:
         """Send one engine command; its events."""
@@ -178,7 +236,7 @@ class Client:
             raise self._closed_error
         fut = asyncio.get_running_loop().create_future()
         self._pending[request_id] = fut
-        self._transport.write(P.encode_frame(P.Request(request_id, command)))
+        self._write(P.encode_frame(P.Request(request_id, command)))
         return (await fut).events
 
     async def reports(self):

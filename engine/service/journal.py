@@ -132,29 +132,36 @@ class _BadFrame(Exception):
         self.length = length        # the body length the header claims, when it was in range
 
 
-def _frames(f, end: int) -> Iterator[tuple[int, bytes]]:
+def _frames(f, end: int) -> Iterator[tuple[int, memoryview]]:
     """(offset, body) of each checked frame of the segment file ``f`` (read
-    from offset 0) up to byte ``end``; a bad frame raises ``_BadFrame``."""
+    from offset 0) up to byte ``end``; a bad frame raises ``_BadFrame``.
+    The segment is read in one call (a segment is bounded by
+    ``segment_bytes_max`` plus one batch) and cut with offsets."""
+    data = f.read(end)
+    view = memoryview(data)
+    size = len(data)
+    unpack = HEADER.unpack_from
+    header_size = HEADER.size
+    crc32 = zlib.crc32
     offset = 0
     while offset < end:
-        if end - offset < HEADER.size:
-            raise _BadFrame(offset, f"short header ({end - offset} of {HEADER.size} bytes)")
-        header = f.read(HEADER.size)
-        if len(header) < HEADER.size:
+        if end - offset < header_size:
+            raise _BadFrame(offset, f"short header ({end - offset} of {header_size} bytes)")
+        if size - offset < header_size:
             raise _BadFrame(offset, "short header (file shrank while read)")
-        length, crc = HEADER.unpack(header)
+        length, crc = unpack(data, offset)
         if not 0 < length <= RECORD_BYTES_MAX:
             raise _BadFrame(offset, f"record length {length} out of range 1..{RECORD_BYTES_MAX}")
-        if offset + HEADER.size + length > end:
-            raise _BadFrame(offset, f"short body ({end - offset - HEADER.size} of {length} bytes)",
-                            length)
-        body = f.read(length)
-        if len(body) < length:
+        start = offset + header_size
+        if start + length > end:
+            raise _BadFrame(offset, f"short body ({end - start} of {length} bytes)", length)
+        if start + length > size:
             raise _BadFrame(offset, "short body (file shrank while read)", length)
-        if zlib.crc32(body) != crc:
+        body = view[start:start + length]
+        if crc32(body) != crc:
             raise _BadFrame(offset, "checksum mismatch", length)
         yield offset, body
-        offset += HEADER.size + length
+        offset = start + length
 
 
 def _holds_a_frame(buf: memoryview) -> bool:

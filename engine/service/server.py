@@ -15,6 +15,7 @@ engine.service.state, the formats engine.service.protocol and .journal.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import logging
 import signal
@@ -40,6 +41,7 @@ assert tuple(ROLE_COMMANDS) == ROLES, "every role the configuration accepts has 
 ERR_JOURNAL = "journal_write_failed"     # the command was not journaled, so not applied
 SETTLE_BACKLOG_MAX = 50_000             # commands waiting for the settlement writer: reading pauses
 PENDING_MAX = 20_000                    # frames read but not yet processed: reading pauses
+GC_THRESHOLD_YOUNG = 50_000             # allocations between young collections (Python: 700)
 
 
 class _Connection(asyncio.Protocol):
@@ -157,6 +159,7 @@ class Server:
         self.state, self.journal, self.snapshots, self.writer = (
             rec.state, rec.journal, rec.snapshots, rec.writer)
         self._last_snapshot_seq = rec.snapshot_seq
+        _settle_garbage_collector()
         if self.writer is not None:
             self._settler = asyncio.create_task(self._settle_loop(), name="settler")
         if self.config.journal.fsync == "batch":
@@ -279,7 +282,7 @@ class Server:
                     conn.fail(P.ERR_INVALID_REQUEST_ID, f"request_id {rid}")
                     continue
                 g = state.gateway(conn.gateway_id)
-                old = g.window.get(rid)
+                old = g.reply(rid)
                 if old is not None:                     # a resend: the original reply
                     plan.append((conn, 1, old))
                     continue
@@ -433,6 +436,15 @@ class Server:
         base = found[0] if found is not None else 0
         self.snapshots.prune(keep=2, keep_from_seq=base)
         self.journal.prune(base + 1)
+
+
+def _settle_garbage_collector() -> None:
+    """Move everything recovery built out of the collector's sight and make
+    young collections rarer: a full collection over a large engine state
+    stalls the loop for tens of milliseconds, the replies with it."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD_YOUNG, *gc.get_threshold()[1:])
 
 
 def _order_info(o: dict) -> P.OrderInfo:

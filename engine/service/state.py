@@ -32,10 +32,19 @@ class GatewayState:
     def __init__(self, gateway_id: str):
         self.gateway_id = gateway_id
         self.last_request_id = 0
-        self.window: OrderedDict[int, bytes] = OrderedDict()   # request_id -> reply frame
+        # request_id -> reply frame, or (seq, events) until it is asked for (see reply())
+        self.window: OrderedDict[int, bytes | tuple] = OrderedDict()
         self.report_seq = 0                 # the last report numbered for this gateway
         self.reports: deque[tuple[int, bytes]] = deque()       # (report_seq, frame), oldest first
         self.reports_dropped_seq = 0        # reports up to here were dropped unacknowledged
+
+    def reply(self, request_id: int) -> bytes | None:
+        """The remembered reply frame of ``request_id``, or None."""
+        entry = self.window.get(request_id)
+        if entry is None or type(entry) is bytes:
+            return entry
+        frame = self.window[request_id] = encode_frame(Reply(request_id, *entry))
+        return frame
 
     def acknowledge(self, last_report_seq: int) -> None:
         reports = self.reports
@@ -95,18 +104,26 @@ class ServiceState:
         return g
 
     # ------------------------------------------------------------------ apply
-    def apply(self, gateway_id: str, request_id: int, command):
+    def apply(self, gateway_id: str, request_id: int, command, *, replaying: bool = False):
         """Apply one journaled command.  Returns (events, reply frame,
         [(gateway_id, report frame), ...]); the frames are also remembered
-        (reply window, retained reports) for resends."""
+        (reply window, retained reports) for resends.  ``replaying``: no
+        reply is sent, so it is kept as (seq, events) and encoded only if it
+        is ever asked for again (most fall out of the window first)."""
         events = self.engine.submit(command)
         seq = self.engine.seq
-        g = self.gateway(gateway_id)
-        reply = encode_frame(Reply(request_id, seq, events))
+        g = self.gateways.get(gateway_id)
+        if g is None:
+            g = self.gateway(gateway_id)
+        if replaying:
+            reply = None
+            entry = (seq, events)
+        else:
+            reply = entry = encode_frame(Reply(request_id, seq, events))
         if request_id > g.last_request_id:
             g.last_request_id = request_id
         window = g.window
-        window[request_id] = reply
+        window[request_id] = entry
         if len(window) > self.request_window:
             window.popitem(last=False)
         reports = self._route(gateway_id, command, events, seq)
@@ -116,23 +133,15 @@ class ServiceState:
         """Track which gateway owns each open order; give every other owner
         gateway the events of this command that touch its orders: their
         trades, cancels, amends and triggers, the transfers naming them, and a
-        trade's transfers to or from their account."""
+        trade's transfers to or from their account, in the command's order."""
         owners = self.order_gateway
-        per_gateway: dict[str, list] = {}
-        trade_parties: dict[int, list] = {}     # trade_id -> [(gateway, account)]
+        others = None           # order_id -> (owner, account) of orders of other gateways
         closed = []
-        for e in events:
+        for e in events:        # first pass: ownership only (transfers never change it)
             t = type(e)
             if t is Transfer:
-                if e.trade_id:
-                    for owner, account in trade_parties.get(e.trade_id, ()):
-                        if account == e.source_account or account == e.target_account:
-                            per_gateway[owner].append(e)
-                    continue
-                owner = owners.get(e.order_id) if e.order_id else None
-                if owner is not None and owner != gateway_id:
-                    per_gateway.setdefault(owner, []).append(e)
-            elif t is Accepted:
+                continue
+            if t is Accepted:
                 owners[e.order_id] = gateway_id
             elif t is Trade:
                 for order_id, account, left in (
@@ -144,14 +153,17 @@ class ServiceState:
                     if not left:
                         closed.append(order_id)
                     if owner != gateway_id:
-                        per_gateway.setdefault(owner, []).append(e)
-                        trade_parties.setdefault(e.trade_id, []).append((owner, account))
+                        if others is None:
+                            others = {}
+                        others[order_id] = (owner, account)
             elif t is Cancelled or t is Replaced or t is Triggered:
                 owner = owners.get(e.order_id)
                 if t is Cancelled:
                     closed.append(e.order_id)
                 if owner is not None and owner != gateway_id:
-                    per_gateway.setdefault(owner, []).append(e)
+                    if others is None:
+                        others = {}
+                    others[e.order_id] = (owner, 0)
         for order_id in closed:
             owners.pop(order_id, None)
         if type(command) is PlaceOrder and events and type(events[0]) is Accepted:
@@ -159,8 +171,35 @@ class ServiceState:
             if not (command.type != "market" and (command.tif == "gtc"
                                                    or command.type != "limit")):
                 owners.pop(events[0].order_id, None)
-        if not per_gateway:
+        if others is None:
             return ()
+        return self._reports(events, others, seq)
+
+    def _reports(self, events, others: dict, seq: int):
+        """Second pass, only when other gateways' orders were touched."""
+        per_gateway: dict[str, list] = {}
+        trade_parties: dict[int, list] = {}     # trade_id -> [(gateway, account)]
+        for e in events:
+            t = type(e)
+            if t is Transfer:
+                if e.trade_id:
+                    for owner, account in trade_parties.get(e.trade_id, ()):
+                        if account == e.source_account or account == e.target_account:
+                            per_gateway[owner].append(e)
+                    continue
+                hit = others.get(e.order_id) if e.order_id else None
+                if hit is not None:
+                    per_gateway.setdefault(hit[0], []).append(e)
+            elif t is Trade:
+                for order_id in (e.maker_order_id, e.taker_order_id):
+                    hit = others.get(order_id)
+                    if hit is not None:
+                        per_gateway.setdefault(hit[0], []).append(e)
+                        trade_parties.setdefault(e.trade_id, []).append(hit)
+            elif t is Cancelled or t is Replaced or t is Triggered:
+                hit = others.get(e.order_id)
+                if hit is not None:
+                    per_gateway.setdefault(hit[0], []).append(e)
         out = []
         for owner, evs in per_gateway.items():
             g = self.gateway(owner)
@@ -175,7 +214,8 @@ class ServiceState:
     # ------------------------------------------------------------------ snapshots
     def snapshot(self) -> bytes:
         """Engine state and gateway bookkeeping as bytes (deterministic)."""
-        gateways = [_GatewaySnap(g.gateway_id, g.last_request_id, list(g.window.items()),
+        gateways = [_GatewaySnap(g.gateway_id, g.last_request_id,
+                                 [(rid, g.reply(rid)) for rid in list(g.window)],
                                  g.report_seq, list(g.reports), g.reports_dropped_seq)
                     for _, g in sorted(self.gateways.items())]
         open_owners = sorted((oid, gid) for oid, gid in self.order_gateway.items()
