@@ -119,6 +119,9 @@ class DatabaseConfig(_Section):
     only, no settlement."""
     url: str | None = None
     enabled: bool = True
+    batch_events_max: Annotated[int, msgspec.Meta(ge=1)] = 10_000      # events per transaction
+    queue_events_max: Annotated[int, msgspec.Meta(ge=1)] = 100_000     # waiting: intake slows
+    flush_interval_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 20   # a batch's longest wait
 
 
 class EngineConfig(_Section):
@@ -283,6 +286,8 @@ class _Checker:
                       "DATABASE_URL or the embedded PostgreSQL")
         if url is not None and not url.isprintable():
             self.fail("database.url", "has control characters")
+        if database.queue_events_max < database.batch_events_max:
+            self.fail("database.queue_events_max", "must be >= database.batch_events_max")
 
     # ---- [[assets]], [[instruments]], [engine]
     def assets(self, assets):

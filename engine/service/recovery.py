@@ -173,6 +173,10 @@ async def _start_writer(config, database_url):
     from settlement import SettlementWriter, database_url as default_url, migrate
     url = database_url or config.database.url or default_url()
     await migrate(url)
-    writer = SettlementWriter(url, engine_id=ENGINE_ID, assets=config.engine_assets())
+    db = config.database
+    writer = SettlementWriter(url, engine_id=ENGINE_ID, assets=config.engine_assets(),
+                              batch_events_max=db.batch_events_max,
+                              queue_events_max=db.queue_events_max,
+                              flush_interval_ms=db.flush_interval_ms)
     await writer.start()
     return writer

@@ -141,6 +141,8 @@ class Server:
         self.gateway_conn: dict[str, _Connection] = {}
         self.pending: list = []
         self.reading_paused = False
+        self.settle_backlog_max = SETTLE_BACKLOG_MAX
+        self.pending_max = PENDING_MAX
         self._turn_scheduled = False
         self._listener = None
         self._stop = asyncio.Event()
@@ -194,11 +196,7 @@ class Server:
             self._sync_task.cancel()
         self.journal.sync()
         if self.writer is not None:
-            self._settle_wake.set()
-            while self._settle_backlog:
-                await asyncio.sleep(0.001)
-                if self._settler.done():
-                    break
+            await self.settle_backlog()
             self._settler.cancel()
             try:
                 await self._settler
@@ -207,6 +205,16 @@ class Server:
             await self.writer.close()
         self._snapshot()
         self.journal.close()
+
+    async def settle_backlog(self) -> None:
+        """Return when every applied command has been given to the settlement
+        writer and the writer has committed it."""
+        if self.writer is None:
+            return
+        self._settle_wake.set()
+        while self._settle_backlog and not self._settler.done():
+            await asyncio.sleep(0.001)
+        await self.writer.flush()
 
     async def abort(self) -> None:
         """Stop at once, as a crash would (tests): nothing flushed, no snapshot."""
@@ -259,7 +267,7 @@ class Server:
         if not self._turn_scheduled:
             self._turn_scheduled = True
             asyncio.get_running_loop().call_soon(self._turn)
-        if len(self.pending) > PENDING_MAX:
+        if len(self.pending) > self.pending_max:
             self._pause_reading()
 
     def _turn(self) -> None:
@@ -343,7 +351,7 @@ class Server:
             conn.flush()
         if backlog is not None and records and journaled:
             self._settle_wake.set()
-            if len(backlog) > SETTLE_BACKLOG_MAX:
+            if len(backlog) > self.settle_backlog_max:
                 self._pause_reading()
         if state.seq - self._last_snapshot_seq >= self.config.journal.snapshot_every:
             self._snapshot()
@@ -410,10 +418,10 @@ class Server:
             self._settle_wake.clear()
             while backlog:
                 await writer.put(backlog.popleft())
-                if (self.reading_paused and len(backlog) < SETTLE_BACKLOG_MAX // 2
-                        and len(self.pending) < PENDING_MAX):
+                if (self.reading_paused and len(backlog) < self.settle_backlog_max // 2
+                        and len(self.pending) < self.pending_max):
                     self._resume_reading()
-            if self.reading_paused and len(self.pending) < PENDING_MAX:
+            if self.reading_paused and len(self.pending) < self.pending_max:
                 self._resume_reading()
 
     async def _sync_loop(self) -> None:

@@ -35,6 +35,7 @@ snapshot_every = {snapshot_every}
 [database]
 enabled = {database}
 {url}
+{database_extra}
 [[assets]]
 name = "BTC"
 scale = 8
@@ -63,12 +64,13 @@ scale = 8
 
 
 def write_config(folder: Path, *, port: int = 0, fsync: str = "batch",
-                 snapshot_every: int = 1_000_000, database_url: str | None = None) -> Path:
+                 snapshot_every: int = 1_000_000, database_url: str | None = None,
+                 database_extra: str = "") -> Path:
     path = Path(folder) / "exchange.toml"
     path.write_text(CONFIG.format(
         port=port, journal=Path(folder) / "journal", fsync=fsync, snapshot_every=snapshot_every,
         database="true" if database_url else "false",
-        url=f'url = "{database_url}"' if database_url else ""))
+        url=f'url = "{database_url}"' if database_url else "", database_extra=database_extra))
     return path
 
 

@@ -245,3 +245,31 @@ def test_slow_reader_is_disconnected_not_waited_for(tmp_path):
             await fast.close()
             sock.close()
     run(go())
+
+
+def test_a_stalled_ledger_pauses_reading_and_drops_nothing(tmp_path, db_url):
+    from settle_db import BalancesLocked
+
+    async def go():
+        async with serving(tmp_path, database_url=db_url, database_extra=(
+                "batch_events_max = 100\nqueue_events_max = 200")) as server:
+            server.settle_backlog_max = 50
+            treasury = await connect(server, "treasury")
+            await treasury.deposit(account=2, asset="USDT", amount=1)
+            await server.writer.flush()
+            async with BalancesLocked(db_url) as lock:     # every batch stalls at its balances
+                sent = [treasury.request_nowait(Deposit(2, "USDT", i + 1)) for i in range(3000)]
+                for _ in range(500):
+                    if server.reading_paused:
+                        break
+                    await asyncio.sleep(0.01)
+                assert server.reading_paused             # intake stopped, the engine waits for nobody
+                assert not all(f.done() for f in sent)
+                await lock.release()
+                replies = await asyncio.gather(*sent)
+            assert [r.seq for r in replies] == list(range(2, 3002))
+            await server.settle_backlog()
+            assert server.writer.committed_seq == server.state.seq == 3001
+            assert not server.reading_paused
+            await treasury.close()
+    run(go())
