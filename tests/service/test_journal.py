@@ -19,7 +19,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from engine.messages import Adjust, CancelOrder, Deposit, Halt, PlaceOrder, ReplaceOrder
@@ -567,6 +567,7 @@ def torn_frames():
 @given(garbage=st.one_of(st.binary(min_size=1, max_size=300), torn_frames(),
                          st.integers(1, 3000).map(bytes)))
 def test_garbage_tail_is_truncated_or_reported_never_lost_prefix(base_journal, garbage):
+    assume(not garbage.startswith(frame(rec(21))))       # a whole next record is no garbage
     base, records = base_journal
     with tempfile.TemporaryDirectory(dir=base.parent) as scratch:
         directory = Path(scratch) / "j"
