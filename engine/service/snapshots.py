@@ -26,6 +26,8 @@ import zlib
 from pathlib import Path
 from typing import NamedTuple
 
+from .journal import fsync_directory
+
 __all__ = ["SnapshotStore", "Snapshot", "MAGIC", "HEADER", "snapshot_name"]
 
 log = logging.getLogger(__name__)
@@ -43,14 +45,6 @@ class Snapshot(NamedTuple):
 
 def snapshot_name(seq: int) -> str:
     return f"snapshot-{seq:020d}.snap"
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SnapshotStore:
@@ -80,7 +74,7 @@ class SnapshotStore:
             except FileNotFoundError:
                 pass
             raise
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         return path
 
     def list(self) -> list[Snapshot]:
@@ -155,5 +149,5 @@ class SnapshotStore:
                 os.unlink(self.directory / name)
                 deleted.append(self.directory / name)
         if deleted:
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         return deleted
