@@ -56,6 +56,8 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.client._lost(exc)
+        if not self.client._gone.done():
+            self.client._gone.set_result(None)
 
 
 class _Collector:
@@ -90,11 +92,15 @@ class Client:
         self._outbox: list[bytes] = []      # frames of this loop iteration, written once
         self._pending: dict[int, asyncio.Future] = {}
         self._welcome: asyncio.Future | None = None
-        self._reports: asyncio.Queue = asyncio.Queue(REPORT_QUEUE_MAX)
+        self._reports: asyncio.Queue = asyncio.Queue()     # bounded by pausing the socket
         self._next_id = 1
         self._closed_error: ClientError | None = None
+        self._gone: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._want_reports = True
+        self._reading_paused = False
         self.gateway_id = ""
-        self.last_report_seq = 0
+        self.last_request_id = 0        # the id of the last request sent (for resend())
+        self.last_report_seq = 0        # the last report reports() handed to the application
         self.welcome: P.Welcome | None = None
         self.assets: dict = {}
         self.instruments: dict = {}
@@ -102,13 +108,18 @@ class Client:
     # ------------------------------------------------------------------ session
     @classmethod
     async def connect(cls, host: str = "127.0.0.1", port: int = 7001, *, token: str,
-                      gateway_id: str, last_report_seq: int = 0,
+                      gateway_id: str, last_report_seq: int = 0, reports: bool = True,
                       timeout_s: float = 10.0) -> "Client":
         """Connect and say hello.  ``last_report_seq``: the last execution
-        report this gateway processed (reports after it are sent again)."""
+        report this gateway processed (the server sends the later ones
+        again).  ``reports``: the application consumes ``reports()``; while
+        ``REPORT_QUEUE_MAX`` reports wait unread the connection stops reading
+        (replies wait too).  ``reports=False``: reports are not kept and
+        count as processed on arrival."""
         self = cls()
         self.gateway_id = gateway_id
         self.last_report_seq = last_report_seq
+        self._want_reports = reports
         loop = asyncio.get_running_loop()
         self._welcome = loop.create_future()
         await asyncio.wait_for(loop.create_connection(lambda: _Protocol(self), host, port),
@@ -118,16 +129,24 @@ class Client:
         welcome = await asyncio.wait_for(self._welcome, timeout_s)
         self.welcome = welcome
         self._next_id = welcome.last_request_id + 1
+        self.last_request_id = welcome.last_request_id
         self.assets = {a.name: a for a in welcome.assets}
         self.instruments = {i.symbol: i for i in welcome.instruments}
         return self
 
-    async def close(self) -> None:
-        """A clean close: the server answers what was sent before it."""
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """A clean close: the server answers everything sent before it, then
+        closes the connection; requests still unanswered after ``timeout_s``
+        fail with ClientError."""
         if self._transport is not None and not self._transport.is_closing():
             self._flush()
             self._transport.write(P.encode_frame(P.Bye()))
-            self._transport.close()
+            if self._reading_paused:
+                self._transport.resume_reading()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._gone), timeout_s)
+            except asyncio.TimeoutError:
+                self._transport.abort()
         self._lost(None)
 
     def abort(self) -> None:
@@ -139,12 +158,13 @@ class Client:
     def _dispatch(self, msg) -> None:
         t = type(msg)
         if t is P.Report:
-            self.last_report_seq = msg.report_seq
-            try:
-                self._reports.put_nowait(msg)
-            except asyncio.QueueFull:       # nobody reads reports(): keep the newest
-                self._reports.get_nowait()
-                self._reports.put_nowait(msg)
+            if not self._want_reports:
+                self.last_report_seq = msg.report_seq
+                return
+            self._reports.put_nowait(msg)       # bounded below: reading stops first
+            if self._reports.qsize() >= REPORT_QUEUE_MAX and not self._reading_paused:
+                self._reading_paused = True
+                self._transport.pause_reading()
             return
         if t is P.Welcome:
             if self._welcome is not None and not self._welcome.done():
@@ -171,10 +191,7 @@ class Client:
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(self._closed_error)
-        try:
-            self._reports.put_nowait(None)      # ends reports()
-        except asyncio.QueueFull:
-            pass
+        self._reports.put_nowait(None)          # ends reports()
 
     def _write(self, frame: bytes) -> None:
         """Queue a frame; the frames of one loop iteration leave in one write."""
@@ -195,6 +212,7 @@ class Client:
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         self._write(P.encode_frame(make(rid)))
+        self.last_request_id = rid
         return fut
 
     async def request_many(self, commands) -> list:
@@ -215,6 +233,7 @@ class Client:
             pending[rid] = collector
             frames.append(P.Request(rid, cmd))
             rid += 1
+        self.last_request_id = rid - 1
         self._write(P.encode_frames(frames))
         return await fut
 
@@ -246,6 +265,10 @@ class Client:
             report = await self._reports.get()
             if report is None:
                 return
+            if self._reading_paused and self._reports.qsize() < REPORT_QUEUE_MAX // 2:
+                self._reading_paused = False
+                self._transport.resume_reading()
+            self.last_report_seq = report.report_seq
             yield report
 
     # ------------------------------------------------------------------ conversions

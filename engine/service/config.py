@@ -37,6 +37,7 @@ from engine.core import DEFAULT_MAX_OPEN_ORDERS
 from engine.domain import INT64_MAX, Asset, Instrument
 from engine.ledger import FIRST_USER_ACCOUNT
 from engine.service.protocol import GATEWAY_ID_MAX
+from engine.service.journal import RECORD_BYTES_MAX
 
 __all__ = ["ConfigError", "load_config", "Config", "ServerConfig", "SessionConfig",
            "JournalConfig", "DatabaseConfig", "EngineConfig", "AssetConfig",
@@ -50,7 +51,8 @@ FSYNC_POLICIES: tuple[str, ...] = typing.get_args(FsyncPolicy)
 
 CONFIG_BYTES_MAX = 16 * 1024 * 1024      # a config file larger than this is refused unread
 NAME_CHARS_MAX = 64                      # asset names, symbols, environment variable names
-FRAME_BYTES_MAX_LIMIT = 2**32 - 1        # the wire's 4-byte length prefix
+# a request's command must fit one journal record, beside the record's own fields
+FRAME_BYTES_MAX_LIMIT = RECORD_BYTES_MAX // 2
 _CONFIG_HASH_VERSION = b"exchange-config-hash/1\n"
 
 
@@ -100,7 +102,8 @@ class ServerConfig(_Section):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 7001      # 0: any free port
     frame_bytes_max: Annotated[int, msgspec.Meta(ge=256, le=FRAME_BYTES_MAX_LIMIT)] = 65536
     outbound_bytes_max: Annotated[int, msgspec.Meta(ge=256)] = 8 * 1024 * 1024   # per connection
-    report_retention_max: Annotated[int, msgspec.Meta(ge=0)] = 100_000    # per absent gateway
+    # reports kept per gateway until a hello acknowledges them
+    report_retention_max: Annotated[int, msgspec.Meta(ge=0)] = 100_000
     request_window: Annotated[int, msgspec.Meta(ge=1)] = 10_000   # replies kept per gateway
     sessions: tuple[SessionConfig, ...] = ()
 

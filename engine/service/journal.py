@@ -215,6 +215,7 @@ class Journal:
         self._active: Segment | None = None
         self._size = 0                      # bytes of the active segment
         self._dirty = False                 # written since the last fdatasync
+        self._synced_seq = 0                # the last seq an fdatasync covered
         self._last_sync_ns = 0
 
     # ------------------------------------------------------------ properties
@@ -222,6 +223,12 @@ class Journal:
     def last_seq(self) -> int:
         """Seq of the last record (0 when the journal is empty)."""
         return self._last_seq
+
+    @property
+    def durable_seq(self) -> int:
+        """Every record up to this seq has been fdatasynced (under ``off``: the
+        last seq written; what the OS holds is all that policy promises)."""
+        return self._last_seq if self.fsync == "off" or not self._dirty else self._synced_seq
 
     @property
     def first_seq(self) -> int:
@@ -416,6 +423,7 @@ class Journal:
             raise JournalWriteError(f"journal segment {self._active.path}: fsync failed: "
                                     f"{exc}") from exc
         self._dirty = False
+        self._synced_seq = self._last_seq
         self._last_sync_ns = _monotonic_ns()
 
     # ------------------------------------------------------------------ read

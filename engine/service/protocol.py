@@ -26,6 +26,9 @@ ERR_ACCOUNT_NOT_PERMITTED = "account_not_permitted"  # an account outside the se
 ERR_STALE_REQUEST_ID = "stale_request_id"        # not above the last one, and not a resend we remember
 ERR_INVALID_REQUEST_ID = "invalid_request_id"    # not an int in 1..2**63-1
 ERR_UNKNOWN_SYMBOL = "unknown_symbol"            # a query for a symbol the engine does not list
+ERR_REQUEST_ID_REUSED = "request_id_reused"      # a remembered request id with another command
+ERR_JOURNAL_WRITE_FAILED = "journal_write_failed"  # not journaled (disk full, I/O): not applied
+ERR_OUTCOME_UNKNOWN = "outcome_unknown"          # the journal broke mid-write: resend after restart
 # connection level: an Error frame, then the connection is closed
 ERR_HELLO_REQUIRED = "hello_required"            # the first frame was not a Hello (or a second Hello)
 ERR_BAD_TOKEN = "bad_token"
@@ -34,7 +37,8 @@ ERR_BAD_GATEWAY_ID = "bad_gateway_id"            # empty, too long, or not the o
 ERR_MALFORMED = "malformed_frame"                # not msgpack, an unknown tag, wrong field types
 ERR_FRAME_TOO_LARGE = "frame_too_large"
 ERR_SLOW_READER = "slow_reader"                  # replies not read past the outbound limit
-ERR_SHUTTING_DOWN = "shutting_down"
+ERR_TOO_MANY_CONNECTIONS = "too_many_connections"
+ERR_TOO_MANY_GATEWAYS = "too_many_gateways"     # the server keeps state for a bounded number
 
 GATEWAY_ID_MAX = 64     # characters
 

@@ -144,17 +144,15 @@ async def _recover(config, book, database_url) -> Recovered:
                     f"PostgreSQL has settled up to seq {settled} but the journal in "
                     f"{journal.directory} ends at seq {journal.last_seq}: wrong journal or database")
         state, base = rebuild(config, journal, store, upto_seq=settled, book=book)
-        replayed = replay(state, journal)
-        if writer is not None and state.seq > settled:
-            # the commands PostgreSQL has not committed, again from the
-            # snapshot at or below last_seq: their events are not kept during
-            # the replay above, so memory stays bounded
-            state, base = rebuild(config, journal, store, upto_seq=settled, book=book)
-            replay(state, journal, to_seq=settled)
-            for record in journal.read(from_seq=settled + 1):
+        replayed = replay(state, journal, to_seq=settled)
+        if writer is not None:
+            # the commands PostgreSQL has not committed: their events go to the
+            # writer as they are replayed (put() waits while its queue is full)
+            for record in journal.read(from_seq=state.seq + 1):
                 events, _, _ = state.apply(record.gateway_id, record.request_id, record.command,
                                            replaying=True)
                 await writer.put(events)
+                replayed += 1
         if state.seq != journal.last_seq:
             raise RecoveryError(f"replay reached seq {state.seq}, journal ends at {journal.last_seq}")
     except BaseException:
@@ -170,13 +168,21 @@ async def _recover(config, book, database_url) -> Recovered:
 
 
 async def _start_writer(config, database_url):
+    import asyncpg
+
     from settlement import SettlementWriter, database_url as default_url, migrate
     url = database_url or config.database.url or default_url()
-    await migrate(url)
+    try:
+        await migrate(url)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise RecoveryError(f"database: {type(exc).__name__}: {exc}") from exc
     db = config.database
     writer = SettlementWriter(url, engine_id=ENGINE_ID, assets=config.engine_assets(),
                               batch_events_max=db.batch_events_max,
                               queue_events_max=db.queue_events_max,
                               flush_interval_ms=db.flush_interval_ms)
-    await writer.start()
+    try:
+        await writer.start()
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise RecoveryError(f"database: {type(exc).__name__}: {exc}") from exc
     return writer

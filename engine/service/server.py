@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import hmac
 import logging
 import signal
+import sys
 import time
 from collections import deque
 
@@ -29,6 +31,7 @@ from . import protocol as P
 from .config import ROLES
 from .journal import JournalRecord, JournalWriteError
 from .recovery import Recovered, newest_at_or_below, recover
+from .state import REUSED
 
 log = logging.getLogger("engine.service.server")
 
@@ -38,10 +41,12 @@ ROLE_COMMANDS = {
     "admin": (PlaceOrder, CancelOrder, ReplaceOrder, Deposit, Withdraw, Adjust, Halt, Resume),
 }
 assert tuple(ROLE_COMMANDS) == ROLES, "every role the configuration accepts has its commands here"
-ERR_JOURNAL = "journal_write_failed"     # the command was not journaled, so not applied
 SETTLE_BACKLOG_MAX = 50_000             # commands waiting for the settlement writer: reading pauses
 PENDING_MAX = 20_000                    # frames read but not yet processed: reading pauses
 GC_THRESHOLD_YOUNG = 50_000             # allocations between young collections (Python: 700)
+CONNECTIONS_MAX = 1_000                 # open connections; more are closed at once
+GATEWAYS_MAX = 10_000                   # gateway ids with state (replies, reports) kept
+HELLO_TIMEOUT_S = 10.0                  # a connection that has not said hello by then is closed
 
 
 class _Connection(asyncio.Protocol):
@@ -55,12 +60,24 @@ class _Connection(asyncio.Protocol):
         self.gateway_id = None
         self.closed = False
         self.out: list[bytes] = []      # frames of the current turn
+        self.out_bytes = 0
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self.server.connections.add(self)
-        if self.server.reading_paused:
+        server = self.server
+        if len(server.connections) >= CONNECTIONS_MAX:
+            self.closed = True
+            transport.write(P.encode_frame(P.Error(0, P.ERR_TOO_MANY_CONNECTIONS)))
+            transport.close()
+            return
+        server.connections.add(self)
+        if server.reading_paused:
             transport.pause_reading()
+        asyncio.get_running_loop().call_later(HELLO_TIMEOUT_S, self._hello_due)
+
+    def _hello_due(self) -> None:
+        if self.session is None and not self.closed:
+            self.fail(P.ERR_HELLO_REQUIRED, f"no hello within {HELLO_TIMEOUT_S:g} s")
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -94,16 +111,21 @@ class _Connection(asyncio.Protocol):
         server.schedule_turn()
 
     def send(self, frame: bytes) -> None:
+        if self.closed:
+            return
         self.out.append(frame)
+        self.out_bytes += len(frame)
+        if self.out_bytes > self.server.outbound_bytes_max:     # one turn's answers alone
+            self.out, self.out_bytes = [], 0
+            self.fail(P.ERR_SLOW_READER, "a turn's replies exceed the outbound limit", abort=True)
 
     def flush(self) -> None:
-        if self.out and not self.closed:
-            self.transport.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
+        out, self.out, self.out_bytes = self.out, [], 0
+        if out and not self.closed:
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
             if self.transport.get_write_buffer_size() > self.server.outbound_bytes_max:
-                self.out = []
-                return self.fail(P.ERR_SLOW_READER, "replies not read: outbound buffer full",
-                                 abort=True)
-        self.out = []
+                self.fail(P.ERR_SLOW_READER, "replies not read: outbound buffer full",
+                          abort=True)
 
     def fail(self, reason: str, detail: str = "", *, abort: bool = False) -> None:
         """A protocol error: an Error frame, then close; nothing else is read."""
@@ -152,7 +174,12 @@ class Server:
         self._sync_task = None
         self._last_snapshot_seq = 0
         self.recovered: Recovered | None = None
+        self.failure: str | None = None
         self.port = None
+        # a session's gateway ids live in its own namespace: another credential
+        # can never resume (or read the replies of) this one's gateway
+        self._namespace = {id(sess): hashlib.sha256(sess.token.encode()).hexdigest()[:12]
+                           for sess in self.sessions}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -164,6 +191,7 @@ class Server:
         _settle_garbage_collector()
         if self.writer is not None:
             self._settler = asyncio.create_task(self._settle_loop(), name="settler")
+            self._settler.add_done_callback(self._settler_ended)
         if self.config.journal.fsync == "batch":
             self._sync_task = asyncio.create_task(self._sync_loop(), name="journal-sync")
         loop = asyncio.get_running_loop()
@@ -181,6 +209,18 @@ class Server:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def fail(self, why: str) -> None:
+        """An error the server cannot serve through: stop, and exit non-zero
+        (``failure``).  What was acknowledged is journaled; a restart recovers."""
+        if self.failure is None:
+            self.failure = why
+            log.critical("stopping: %s", why)
+        self.request_stop()
+
+    def _settler_ended(self, task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.fail(f"settlement writer failed: {task.exception()}")
+
     async def stop(self) -> None:
         """Graceful: stop accepting, answer what was read, flush the journal
         and settlement, write a snapshot."""
@@ -188,12 +228,16 @@ class Server:
             return
         self._listener.close()
         self._listener = None
-        self._turn()                            # the commands already read
+        if self.failure is None:
+            self._turn()                        # the commands already read
         for conn in list(self.connections):
             conn.flush()
             conn.transport.close()
         if self._sync_task is not None:
             self._sync_task.cancel()
+        if self.failure is not None:
+            await self.abort()
+            return
         self.journal.sync()
         if self.writer is not None:
             await self.settle_backlog()
@@ -248,6 +292,10 @@ class Server:
                 or (session.gateway_id is not None and gid != session.gateway_id)):
             conn.fail(P.ERR_BAD_GATEWAY_ID, "gateway_id empty, too long, or not this token's")
             return False
+        gid = f"{self._namespace[id(session)]}:{gid}"
+        if gid not in self.state.gateways and len(self.state.gateways) >= GATEWAYS_MAX:
+            conn.fail(P.ERR_TOO_MANY_GATEWAYS, f"{GATEWAYS_MAX} gateway ids are known")
+            return False
         old = self.gateway_conn.get(gid)
         if old is not None:
             old.fail(P.ERR_BAD_GATEWAY_ID, "the same gateway_id connected again")
@@ -271,6 +319,14 @@ class Server:
             self._pause_reading()
 
     def _turn(self) -> None:
+        try:
+            self._run_turn()
+        except Exception:
+            log.exception("a loop turn failed")
+            self.fail("a loop turn failed (a bug): see the log; a restart recovers from the journal")
+            raise
+
+    def _run_turn(self) -> None:
         self._turn_scheduled = False
         items, self.pending = self.pending, []
         if not items:
@@ -289,19 +345,21 @@ class Server:
                 if not 0 < rid <= P.REQUEST_ID_MAX:
                     conn.fail(P.ERR_INVALID_REQUEST_ID, f"request_id {rid}")
                     continue
+                refusal = self._refuse(conn.session, msg.command)
+                if refusal is not None:
+                    plan.append((conn, 1, P.encode_frame(P.Error(rid, *refusal))))
+                    continue
                 g = state.gateway(conn.gateway_id)
-                old = g.reply(rid)
+                old = g.reply(rid, msg.command)
                 if old is not None:                     # a resend: the original reply
-                    plan.append((conn, 1, old))
+                    plan.append((conn, 1, old if old is not REUSED else P.encode_frame(P.Error(
+                        rid, P.ERR_REQUEST_ID_REUSED,
+                        "this request id carried another command: nothing applied"))))
                     continue
                 if rid <= g.last_request_id or (conn.gateway_id, rid) in in_turn:
                     plan.append((conn, 1, P.encode_frame(P.Error(
                         rid, P.ERR_STALE_REQUEST_ID,
                         f"request ids must increase; last was {g.last_request_id}"))))
-                    continue
-                refusal = self._refuse(conn.session, msg.command)
-                if refusal is not None:
-                    plan.append((conn, 1, P.encode_frame(P.Error(rid, *refusal))))
                     continue
                 seq += 1
                 in_turn[(conn.gateway_id, rid)] = seq
@@ -311,13 +369,17 @@ class Server:
                 plan.append((conn, 3, None))
             else:
                 plan.append((conn, 2, msg))
-        journaled = True
+        journaled, journal_error = True, P.ERR_JOURNAL_WRITE_FAILED
         if records:
             try:
                 self.journal.append(records)
             except JournalWriteError as exc:
                 log.error("journal write failed: %s", exc)
                 journaled = False
+                if self.journal.failed:
+                    # the batch may be on disk after all: its outcome is unknown
+                    journal_error = P.ERR_OUTCOME_UNKNOWN
+                    self.fail(f"the journal can no longer be written: {exc}")
         reports_out = []
         backlog = self._settle_backlog if self.writer is not None else None
         touched = set()
@@ -326,7 +388,9 @@ class Server:
             if kind == 0:
                 rid = payload.request_id
                 if not journaled:
-                    conn.send(P.encode_frame(P.Error(rid, ERR_JOURNAL, "command not applied")))
+                    conn.send(P.encode_frame(P.Error(rid, journal_error, (
+                        "command not applied" if journal_error == P.ERR_JOURNAL_WRITE_FAILED
+                        else "resend the same request id once the server is back"))))
                     continue
                 events, reply, reports = state.apply(conn.gateway_id, rid, payload.command)
                 conn.send(reply)
@@ -353,6 +417,8 @@ class Server:
             self._settle_wake.set()
             if len(backlog) > self.settle_backlog_max:
                 self._pause_reading()
+        if self.reading_paused:
+            self._maybe_resume_reading()
         if state.seq - self._last_snapshot_seq >= self.config.journal.snapshot_every:
             self._snapshot()
 
@@ -404,6 +470,12 @@ class Server:
                 if not conn.closed:
                     conn.transport.pause_reading()
 
+    def _maybe_resume_reading(self) -> None:
+        """Resume once both queues are below their low-water marks."""
+        if (len(self.pending) < self.pending_max // 2
+                and len(self._settle_backlog) < self.settle_backlog_max // 2):
+            self._resume_reading()
+
     def _resume_reading(self) -> None:
         if self.reading_paused:
             self.reading_paused = False
@@ -417,12 +489,16 @@ class Server:
             await self._settle_wake.wait()
             self._settle_wake.clear()
             while backlog:
+                # under fsync=batch the journal may trail the replies: settle
+                # only what is on disk, so PostgreSQL is never ahead of it
+                if backlog[0][0].seq > self.journal.durable_seq:
+                    await asyncio.sleep(self.config.journal.fsync_interval_ms / 1000)
+                    if backlog[0][0].seq > self.journal.durable_seq:
+                        self.journal.sync()
+                    continue
                 await writer.put(backlog.popleft())
-                if (self.reading_paused and len(backlog) < self.settle_backlog_max // 2
-                        and len(self.pending) < self.pending_max):
-                    self._resume_reading()
-            if self.reading_paused and len(self.pending) < self.pending_max:
-                self._resume_reading()
+                if self.reading_paused:
+                    self._maybe_resume_reading()
 
     async def _sync_loop(self) -> None:
         interval = self.config.journal.fsync_interval_ms / 1000
@@ -481,6 +557,9 @@ async def _main(config, ready=None) -> int:
     if ready is not None:
         ready(server)
     await server.serve()
+    if server.failure is not None:
+        print(f"exchange: error: {server.failure}", file=sys.stderr, flush=True)
+        return 2
     print(f"exchange: stopped at seq {server.state.seq}", flush=True)
     return 0
 

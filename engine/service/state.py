@@ -16,10 +16,11 @@ from collections import OrderedDict, deque
 
 import msgspec
 
-from ..messages import Accepted, Cancelled, PlaceOrder, Replaced, Trade, Transfer, Triggered
+from ..messages import (Accepted, Cancelled, Command, PlaceOrder, Replaced, Trade, Transfer,
+                        Triggered)
 from .protocol import Report, Reply, encode_frame
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2     # 2: the reply window keeps each request's command
 REQUEST_WINDOW_DEFAULT = 10_000
 REPORT_RETENTION_MAX_DEFAULT = 100_000
 
@@ -32,19 +33,27 @@ class GatewayState:
     def __init__(self, gateway_id: str):
         self.gateway_id = gateway_id
         self.last_request_id = 0
-        # request_id -> reply frame, or (seq, events) until it is asked for (see reply())
-        self.window: OrderedDict[int, bytes | tuple] = OrderedDict()
+        # request_id -> [command, reply frame or None, seq, events or None]: a reply is
+        # encoded when it is first needed (see reply()); the command says whether a
+        # resend is the same request
+        self.window: OrderedDict[int, list] = OrderedDict()
         self.report_seq = 0                 # the last report numbered for this gateway
         self.reports: deque[tuple[int, bytes]] = deque()       # (report_seq, frame), oldest first
         self.reports_dropped_seq = 0        # reports up to here were dropped unacknowledged
 
-    def reply(self, request_id: int) -> bytes | None:
-        """The remembered reply frame of ``request_id``, or None."""
+    def reply(self, request_id: int, command=None):
+        """The remembered reply frame of ``request_id`` (None if not
+        remembered), or ``REUSED`` when ``command`` is given and is not the
+        command that request carried."""
         entry = self.window.get(request_id)
-        if entry is None or type(entry) is bytes:
-            return entry
-        frame = self.window[request_id] = encode_frame(Reply(request_id, *entry))
-        return frame
+        if entry is None:
+            return None
+        if command is not None and command != entry[0]:
+            return REUSED
+        if entry[1] is None:
+            entry[1] = encode_frame(Reply(request_id, entry[2], entry[3]))
+            entry[3] = None
+        return entry[1]
 
     def acknowledge(self, last_report_seq: int) -> None:
         reports = self.reports
@@ -58,10 +67,13 @@ class GatewayState:
         return [frame for n, frame in self.reports if n > last_report_seq], lost
 
 
+REUSED = object()       # GatewayState.reply: the request id carried another command
+
+
 class _GatewaySnap(msgspec.Struct, array_like=True):
     gateway_id: str
     last_request_id: int
-    window: list[tuple[int, bytes]]
+    window: list[tuple[int, bytes, Command]]
     report_seq: int
     reports: list[tuple[int, bytes]]
     reports_dropped_seq: int
@@ -117,9 +129,10 @@ class ServiceState:
             g = self.gateway(gateway_id)
         if replaying:
             reply = None
-            entry = (seq, events)
+            entry = [command, None, seq, events]
         else:
-            reply = entry = encode_frame(Reply(request_id, seq, events))
+            reply = encode_frame(Reply(request_id, seq, events))
+            entry = [command, reply, seq, None]
         if request_id > g.last_request_id:
             g.last_request_id = request_id
         window = g.window
@@ -163,7 +176,7 @@ class ServiceState:
                 if owner is not None and owner != gateway_id:
                     if others is None:
                         others = {}
-                    others[e.order_id] = (owner, 0)
+                    others.setdefault(e.order_id, (owner, 0))     # a Trade's entry knows the account
         for order_id in closed:
             owners.pop(order_id, None)
         if type(command) is PlaceOrder and events and type(events[0]) is Accepted:
@@ -215,7 +228,7 @@ class ServiceState:
     def snapshot(self) -> bytes:
         """Engine state and gateway bookkeeping as bytes (deterministic)."""
         gateways = [_GatewaySnap(g.gateway_id, g.last_request_id,
-                                 [(rid, g.reply(rid)) for rid in list(g.window)],
+                                 [(rid, g.reply(rid), g.window[rid][0]) for rid in list(g.window)],
                                  g.report_seq, list(g.reports), g.reports_dropped_seq)
                     for _, g in sorted(self.gateways.items())]
         open_owners = sorted((oid, gid) for oid, gid in self.order_gateway.items()
@@ -245,7 +258,8 @@ class ServiceState:
         for gs in snap.gateways:
             g = state.gateway(gs.gateway_id)
             g.last_request_id = gs.last_request_id
-            g.window = OrderedDict(gs.window)
+            g.window = OrderedDict((rid, [command, frame, 0, None])
+                                   for rid, frame, command in gs.window)
             while len(g.window) > request_window:
                 g.window.popitem(last=False)
             g.report_seq = gs.report_seq

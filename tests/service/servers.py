@@ -32,6 +32,7 @@ role = "admin"
 dir = "{journal}"
 fsync = "{fsync}"
 snapshot_every = {snapshot_every}
+segment_bytes_max = {segment_bytes_max}
 [database]
 enabled = {database}
 {url}
@@ -65,10 +66,11 @@ scale = 8
 
 def write_config(folder: Path, *, port: int = 0, fsync: str = "batch",
                  snapshot_every: int = 1_000_000, database_url: str | None = None,
-                 database_extra: str = "") -> Path:
+                 database_extra: str = "", segment_bytes_max: int = 64 << 20) -> Path:
     path = Path(folder) / "exchange.toml"
     path.write_text(CONFIG.format(
         port=port, journal=Path(folder) / "journal", fsync=fsync, snapshot_every=snapshot_every,
+        segment_bytes_max=segment_bytes_max,
         database="true" if database_url else "false",
         url=f'url = "{database_url}"' if database_url else "", database_extra=database_extra))
     return path
