@@ -54,7 +54,7 @@ async def _balances(url: str, account: int | None) -> int:
             "WHERE $1::bigint IS NULL OR account_id = $1 ORDER BY account_id, asset", account)
         print(f"{'account':>10} {'asset':<8} {'available':>28} {'locked':>28}")
         for r in rows:
-            print(f"{r['account_id']:>10} {r['asset']:<8} {r['available']:>28} {r['locked']:>28}")
+            print(f"{r['account_id']:>10} {r['asset']:<8} {r['available']:>28f} {r['locked']:>28f}")
         return 0
     finally:
         await conn.close()

@@ -85,14 +85,16 @@ async def run(args) -> int:
     print("events:  " + ", ".join(f"{k} {v:,}" for k, v in kinds.most_common()))
     print("ledger:  " + ", ".join(f"{t} {n:,} rows" for t, n in counts.items()))
     assert counts["transfers"] == kinds["Transfer"] and counts["trades"] == kinds[Trade.__name__]
-    print("fees:    " + ", ".join(f"{r['available']} {r['asset']}" for r in fees))
+    print("fees:    " + ", ".join(f"{r['available']:f} {r['asset']}" for r in fees))
     for r in top:
-        print(f"account {r['account_id']}: {r['asset']} {r['available']} available, "
-              f"{r['locked']} locked")
+        print(f"account {r['account_id']}: {r['asset']} {r['available']:f} available, "
+              f"{r['locked']:f} locked")
     if result.ok:
         print(f"reconciliation #{result.run_id}: ok through seq {result.through_seq} -- ledger == "
               f"balances table == engine for every account and asset; every asset sums to zero")
-        print(f"look around: psql \"{url}\"  (embedded server: `python -m settlement url` keeps it up)")
+        embedded = not os.environ.get(ENV_URL, "").strip()
+        print(f"look around: psql \"{url}\""
+              + ("  (embedded server: `python -m settlement url` keeps it up)" if embedded else ""))
         return 0
     print(f"reconciliation #{result.run_id}: {result.status} {result.note}")
     for d in result.discrepancies[:20]:

@@ -567,5 +567,6 @@ async def _main(config, ready=None) -> int:
 def run(config) -> int:
     """``exchange serve``: serve until SIGINT/SIGTERM; 0 after a clean stop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pgserver").setLevel(logging.WARNING)    # its pg_ctl chatter
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(_main(config))
