@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import msgspec
 
-from ..domain import Asset, Instrument
+from ..domain import INT64_MAX, Asset, Instrument
 from ..messages import Command, Event
 
 PROTOCOL_VERSION = 1
 HEADER_BYTES = 4
 FRAME_BYTES_MAX_DEFAULT = 64 * 1024
-REQUEST_ID_MAX = 2**63 - 1
+REQUEST_ID_MAX = INT64_MAX        # request ids are BIGINT-sized, like every id
 
 # ---- error reasons (stable strings; clients may match on them)
 # request level: the request is refused, nothing is journaled, the session carries on
