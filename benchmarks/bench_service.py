@@ -270,16 +270,11 @@ _MADE: list[tuple[str, str]] = []       # (server url, database name) to drop at
 
 
 def _drop_made() -> None:
-    import asyncpg
+    from settlement.database import drop_database
 
     async def drop():
         while _MADE:
-            server_url, name = _MADE.pop()
-            conn = await asyncpg.connect(server_url)
-            try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            finally:
-                await conn.close()
+            await drop_database(*_MADE.pop())
     asyncio.run(drop())
 
 
@@ -288,20 +283,11 @@ def _fresh_db(server_url: str) -> str:
     dropped when the benchmark ends."""
     import secrets
 
-    import asyncpg
-
-    from settlement import with_database
+    from settlement.database import create_database
     name = f"exchange_bench_{secrets.token_hex(4)}"
-
-    async def create():
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-    asyncio.run(create())
+    url = asyncio.run(create_database(server_url, name))
     _MADE.append((server_url, name))
-    return with_database(server_url, name)
+    return url
 
 
 def main(argv=None) -> int:

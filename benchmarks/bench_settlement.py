@@ -43,7 +43,8 @@ import asyncpg  # noqa: E402
 from engine import Asset, Engine, Instrument  # noqa: E402
 from engine.messages import (Adjust, CancelOrder, Deposit, PlaceOrder, Trade,  # noqa: E402
                              Withdraw)
-from settlement import SettlementWriter, database_url, migrate, with_database  # noqa: E402
+from settlement import SettlementWriter, database_url, migrate  # noqa: E402
+from settlement.database import create_database, drop_database  # noqa: E402
 from settlement.rows import (AUDIT_COLUMNS, ORDER_COLUMNS, TRADE_COLUMNS,  # noqa: E402
                              TRANSFER_COLUMNS, BatchBuilder)
 
@@ -130,25 +131,16 @@ def count_trades(commands) -> int:
 # ---------------------------------------------------------------- databases
 async def fresh_db(server_url: str, made: list[str]) -> str:
     name = f"exchange_bench_{secrets.token_hex(6)}"
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = with_database(server_url, name)
+    url = await create_database(server_url, name)
     made.append(name)
     await migrate(url)
     return url
 
 
 async def drop_all(server_url: str, made: list[str]) -> None:
-    conn = await asyncpg.connect(server_url)
-    try:
-        for name in made:
-            assert name.startswith("exchange_bench_")
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    for name in made:
+        assert name.startswith("exchange_bench_")
+        await drop_database(server_url, name)
 
 
 async def checkpoint(server_url: str) -> None:

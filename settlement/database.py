@@ -29,7 +29,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["database_url", "default_pgdata", "embedded_server", "embedded_url", "stop_embedded",
-           "with_database", "ENV_URL", "ENV_PGDATA"]
+           "with_database", "create_database", "drop_database", "ENV_URL", "ENV_PGDATA"]
 
 ENV_URL = "DATABASE_URL"
 ENV_PGDATA = "EXCHANGE_PGDATA"
@@ -128,3 +128,36 @@ def with_database(url: str, database: str) -> str:
     TCP URLs and for the embedded server's unix-socket URL)."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path="/" + database))
+
+
+def _database_name(name: str) -> str:
+    if not name or not name.replace("_", "").isalnum():
+        raise ValueError(f"database name must be letters, digits and _: {name!r}")
+    return name
+
+
+async def create_database(server_url: str, name: str, *, replace: bool = False) -> str:
+    """Create database ``name`` on the server of ``server_url`` (dropping it
+    first when ``replace``); its URL."""
+    import asyncpg
+    name = _database_name(name)
+    conn = await asyncpg.connect(server_url)
+    try:
+        if replace:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(server_url, name)
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    """Drop database ``name`` (if it exists) on the server of ``server_url``."""
+    import asyncpg
+    name = _database_name(name)
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+

@@ -19,23 +19,10 @@ import asyncpg
 from engine.flow import MIXES, Flow
 from engine.ledger import FIRST_USER_ACCOUNT, SYSTEM_FEES
 
-from .database import ENV_URL, database_url, with_database
+from .database import ENV_URL, create_database, database_url
 from .migrate import migrate
 from .reconcile import reconcile
 from .writer import SettlementWriter
-
-
-async def fresh_database(server_url: str, name: str) -> str:
-    """Drop and create database ``name`` on the server; its URL."""
-    if not name.replace("_", "").isalnum():
-        raise ValueError(f"database name must be letters, digits and _: {name!r}")
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return with_database(server_url, name)
 
 
 async def run(args) -> int:
@@ -46,7 +33,7 @@ async def run(args) -> int:
     print(f"generating {args.n:,} commands ({args.mix} mix, seed {args.seed}) ...", flush=True)
     cmds = [cmd for cmd, _ in flow.stream(flow.setup_count + args.n)]
     server = database_url()
-    url = await fresh_database(server, args.database)
+    url = await create_database(server, args.database, replace=True)
     await migrate(url)
     where = "DATABASE_URL" if os.environ.get(ENV_URL, "").strip() else "embedded PostgreSQL"
     print(f"settling into database {args.database!r} ({where})", flush=True)

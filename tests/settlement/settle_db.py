@@ -6,27 +6,18 @@ import secrets
 
 import asyncpg
 
-from settlement import with_database
+from settlement import database
 
 
 async def create_database(server_url: str, prefix: str = "exchange_test") -> str:
-    name = f"{prefix}_{secrets.token_hex(6)}"
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return with_database(server_url, name)
+    """A new database with a unique name; its URL."""
+    return await database.create_database(server_url, f"{prefix}_{secrets.token_hex(6)}")
 
 
 async def drop_database(server_url: str, url: str) -> None:
     name = url.split("?")[0].rsplit("/", 1)[1]
     assert name.startswith("exchange_"), name      # never anything we did not create
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await database.drop_database(server_url, name)
 
 
 class BalancesLocked:
