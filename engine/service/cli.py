@@ -65,6 +65,17 @@ def serve(args) -> int:
     return server.run(config)
 
 
+def _load_commands() -> None:
+    """Import every module of engine.service.commands: each registers its
+    subcommands with @command (adding one is one module, or one function)."""
+    import importlib
+    import pkgutil
+
+    from engine.service import commands
+    for module in pkgutil.iter_modules(commands.__path__):
+        importlib.import_module(f"{commands.__name__}.{module.name}")
+
+
 # ================================================================ main
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
@@ -78,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="exchange-core: matching engine service")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _load_commands()
     for c in _COMMANDS.values():
         p = sub.add_parser(c.name, help=c.help, description=c.help)
         for flags, kwargs in c.args:
@@ -106,4 +118,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from engine.service.cli import main as _main     # the one module the commands register in
+    sys.exit(_main())
