@@ -47,7 +47,8 @@ class Reconciliation:
         return self.status == "ok"
 
 
-_LEDGER_SQL = """
+# the ledger summed per (account, asset, bucket): one definition, audit.py uses it too
+LEDGER_SUMS_SQL = """
     SELECT account, asset_id, bucket, sum(delta)::bigint AS total FROM (
         SELECT target_account AS account, asset_id, target_bucket AS bucket, amount AS delta
         FROM transfers
@@ -96,7 +97,7 @@ async def reconcile(url: str, engine, *, engine_id: str = "main") -> Reconciliat
             asset_names = {r["asset_id"]: r["name"] for r in await conn.fetch(
                 "SELECT asset_id, name FROM assets")}
             ledger = {(r["account"], r["asset_id"], r["bucket"]): r["total"]
-                      for r in await conn.fetch(_LEDGER_SQL)}
+                      for r in await conn.fetch(LEDGER_SUMS_SQL)}
             table = {(r["account_id"], r["asset_id"]): tuple(r[bucket] for bucket in BUCKETS)
                      for r in await conn.fetch(
                          "SELECT account_id, asset_id, available, locked FROM balances")}

@@ -194,7 +194,8 @@ class Journal:
     """
 
     def __init__(self, directory: str | os.PathLike, *, fsync: str = "always",
-                 fsync_interval_ms: float = 5, segment_bytes_max: int = 64 << 20):
+                 fsync_interval_ms: float = 5, segment_bytes_max: int = 64 << 20,
+                 read_only: bool = False):
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, not {fsync!r}")
         if not fsync_interval_ms >= 0:
@@ -206,6 +207,10 @@ class Journal:
         self.fsync_interval_ms = fsync_interval_ms
         self.segment_bytes_max = segment_bytes_max
         self.truncated_bytes = 0            # torn tail removed by open()
+        # read_only: check and read, never write, truncate or prune -- safe beside a
+        # live server; a torn last record is skipped (torn_bytes), not cut
+        self.read_only = read_only
+        self.torn_bytes = 0
         self.failed = False                 # see JournalWriteError
         self._opened = False
         self._closed = False
@@ -240,7 +245,8 @@ class Journal:
         """Check every record of every segment, truncate a torn tail, and
         return the last seq (0 if the journal is empty)."""
         assert not self._opened, "Journal.open() called twice"
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.read_only:
+            self.directory.mkdir(parents=True, exist_ok=True)
         segments = self.segments()
         last_seq = segments[0].first_seq - 1 if segments else 0
         good_end = 0
@@ -256,9 +262,10 @@ class Journal:
         if segments:
             self._active = segments[-1]
             self._first_seq = segments[0].first_seq
-            self._fd = os.open(self._active.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             self._size = good_end
-            assert os.fstat(self._fd).st_size == good_end
+            if not self.read_only:
+                self._fd = os.open(self._active.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                assert os.fstat(self._fd).st_size == good_end
         self._last_seq = last_seq
         self._opened = True
         return last_seq
@@ -284,6 +291,9 @@ class Journal:
                     raise JournalCorrupt(path, bad.offset, bad.reason) from None
                 torn_offset, torn_reason = bad.offset, bad.reason
         cut_bytes = end - torn_offset
+        if self.read_only:
+            self.torn_bytes = cut_bytes
+            return last_seq, torn_offset
         log.warning("journal segment %s: torn last record at byte offset %d (%s); "
                     "truncating %d bytes", path, torn_offset, torn_reason, cut_bytes)
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
@@ -315,6 +325,7 @@ class Journal:
         """Journal one batch: one ``write()``, then fsync per policy.  The
         records' seqs must continue ``last_seq`` one by one."""
         assert self._opened and not self._closed, "append on a journal not open"
+        assert not self.read_only, "append on a read-only journal"
         if self.failed:
             raise JournalWriteError("the journal failed earlier and refuses appends; "
                                     "restart and recover with open()")
@@ -490,6 +501,7 @@ class Journal:
     def prune(self, keep_from_seq: int) -> list[Path]:
         """Delete the oldest segments all of whose records are < ``keep_from_seq``
         (never the active one); returns the deleted paths."""
+        assert not self.read_only, "prune on a read-only journal"
         segments = self.segments()
         deleted = []
         for segment, following in zip(segments, segments[1:]):
