@@ -3,12 +3,16 @@ into a fresh virtual environment, its demos and command run from a folder
 outside the checkout (nothing from the source tree on the path)."""
 from __future__ import annotations
 
+import asyncio
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from settlement.database import drop_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,3 +56,17 @@ def test_the_wheel_settles_into_postgresql(installed, db_url):
     done = run([str(python), "-m", "settlement", "demo"], cwd=elsewhere,
                env={**env, "DATABASE_URL": db_url})
     assert "balanced" in done.stdout.lower() or "ok" in done.stdout.lower(), done.stdout
+
+
+def test_the_wheel_runs_the_exchange_demo(installed, db_url, pg_server_url):
+    """``exchange demo`` from the installed script: a server, gateways over
+    TCP, settlement into a database of its own on DATABASE_URL's server."""
+    python, elsewhere, env = installed
+    name = f"exchange_demo_wheel_{secrets.token_hex(4)}"
+    try:
+        done = run([str(python.with_name("exchange")), "demo", "--seconds", "5",
+                    "--database", name], cwd=elsewhere, env={**env, "DATABASE_URL": db_url})
+    finally:
+        asyncio.run(drop_database(pg_server_url, name))
+    assert done.stdout.splitlines()[-1] == "reconciliation: balanced", done.stdout[-3000:]
+    assert not (elsewhere / "var").exists()         # its journal was temporary
