@@ -7,11 +7,13 @@ Scenarios (each starts a fresh server process with its own journal):
   pipelined (``--window`` requests in flight per connection), settlement off
   (journal only) under ``fsync=batch`` and ``always``, and settlement on
   (``fsync=batch``) beside the settlement writer's own rate on the same flow
-  (``benchmarks.bench_settlement``'s writer loop, same run);
+  (its events put into a ``SettlementWriter`` alone, same run);
 - ``latency``: open loop at fixed offered loads (commands sent on a schedule,
   never waiting for replies), send-to-ack latency recorded in an
   HdrHistogram (a stall shows as the commands queued behind it);
-- ``recovery``: restart-to-serving time after ``-n`` journaled commands.
+- ``recovery``: restart-to-serving time after ``--recovery-n`` journaled
+  commands, from the whole journal and from the shutdown snapshot;
+- ``replay``: ``exchange replay`` commands/s on a ``--replay-n``-command journal.
 The flow is ``engine.flow``'s exchange_core mix after its deposits.  Timings
 are for this machine only; compare ratios within one run.
 """
@@ -278,6 +280,35 @@ def _drop_made() -> None:
     asyncio.run(drop())
 
 
+def replay_rate(n: int) -> tuple[float, str]:
+    """``exchange replay`` on an ``n``-command journal with no snapshot:
+    (commands/s it reports, its summary line).  The journal is written
+    directly (the flow's commands as one gateway's requests), not served."""
+    from engine.service.config import load_config
+    from engine.service.journal import Journal, JournalRecord
+    deposits, flow = _flow(n)
+    with tempfile.TemporaryDirectory() as d:
+        config_path = write_config(Path(d), fsync="off", database_url=None)
+        journal = Journal(load_config(config_path).journal.dir, fsync="off")
+        journal.open()
+        batch = []
+        for seq, command in enumerate(deposits + flow, 1):
+            batch.append(JournalRecord(seq, "bench-0", seq, 0, command))
+            if len(batch) == 4096:
+                journal.append(batch)
+                batch = []
+        if batch:
+            journal.append(batch)
+        journal.close()
+        done = subprocess.run([EXCHANGE, "replay", "--journal", str(Path(d) / "journal"),
+                               "--config", str(config_path)],
+                              capture_output=True, text=True, timeout=3600)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr[-2000:])
+    line = next(x for x in done.stdout.splitlines() if x.startswith("replayed "))
+    return float(line.rsplit("(", 1)[1].split()[0].replace(",", "")), line
+
+
 def _fresh_db(server_url: str) -> str:
     """A new database on the server (the writer keeps one engine per database);
     dropped when the benchmark ends."""
@@ -296,8 +327,9 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=1000, help="requests in flight per connection")
     ap.add_argument("--rates", default="5000,20000", help="open-loop offered loads, commands/s")
     ap.add_argument("--recovery-n", type=int, default=1_000_000)
+    ap.add_argument("--replay-n", type=int, default=1_000_000)
     ap.add_argument("--scenario", action="append",
-                    choices=("throughput", "latency", "recovery"))
+                    choices=("throughput", "latency", "recovery", "replay"))
     ap.add_argument("--database-url", default=os.environ.get("DATABASE_URL"),
                     help="server for the settlement-on cases (default DATABASE_URL; none: skipped)")
     args = ap.parse_args(argv)
@@ -308,7 +340,7 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    scenarios = args.scenario or ["throughput", "latency", "recovery"]
+    scenarios = args.scenario or ["throughput", "latency", "recovery", "replay"]
     if "throughput" in scenarios:
         print(f"{'case':32} {'conns':>5} {'acked/s':>10} {'settled/s':>10}")
         for case, conns, rate, settled in throughput(args.n, args.window, args.database_url):
@@ -326,6 +358,10 @@ def _run(args) -> int:
         replayed, from_snapshot = recovery(args.recovery_n)
         print(f"restart to serving after {args.recovery_n:,} commands: {replayed:.2f} s "
               f"(journal replayed whole), {from_snapshot:.2f} s (from the shutdown snapshot)",
+              flush=True)
+    if "replay" in scenarios:
+        rate, line = replay_rate(args.replay_n)
+        print(f"exchange replay of {args.replay_n:,} commands: {rate:,.0f} commands/s ({line})",
               flush=True)
     return 0
 

@@ -37,7 +37,8 @@ def test_bench_book_runs(capsys):
 def test_bench_service_prints_every_table(capsys, pg_server_url):
     from benchmarks import bench_service
     bench_service.main(["-n", "2000", "--window", "200", "--rates", "2000",
-                        "--recovery-n", "3000", "--database-url", pg_server_url])
+                        "--recovery-n", "3000", "--replay-n", "3000",
+                        "--database-url", pg_server_url])
     out = capsys.readouterr().out
     rows = re.findall(r"^fsync=(batch|always) settlement=(on|off) +([14]) +[\d,]+ ", out, re.M)
     assert len(rows) == 6, out
@@ -45,3 +46,4 @@ def test_bench_service_prints_every_table(capsys, pg_server_url):
     assert len(re.findall(r"^ +2,000 +(on|off) +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M)) == 2, out
     assert re.search(r"^restart to serving after 3,000 commands: [\d.]+ s .* [\d.]+ s ", out,
                      re.M), out
+    assert re.search(r"^exchange replay of 3,000 commands: [\d,]+ commands/s", out, re.M), out

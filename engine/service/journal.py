@@ -102,8 +102,14 @@ class JournalWriteError(Exception):
     ``Journal``."""
 
 
+class _SeqOnly(msgspec.Struct, array_like=True):
+    """A record's first field alone (msgspec skips the rest of the array)."""
+    seq: int
+
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(JournalRecord)
+_seq_decoder = msgspec.msgpack.Decoder(_SeqOnly)
 
 
 def segment_name(first_seq: int) -> str:
@@ -273,12 +279,15 @@ class Journal:
     def _check_segment(self, segment: Segment, last_seq: int, is_last: bool) -> tuple[int, int]:
         """Check one segment's records; returns (last seq, byte length kept)."""
         path = segment.path
+        # read-only (replay tools): the seq alone is checked here, the whole
+        # record when read() decodes it; a writer checks everything it will append to
+        decoder = _seq_decoder if self.read_only else _decoder
         with open(path, "rb", buffering=_READ_BUFFER_BYTES) as f:
             end = os.fstat(f.fileno()).st_size
             try:
                 for offset, body in _frames(f, end):
                     try:
-                        record = _decoder.decode(body)
+                        record = decoder.decode(body)
                     except msgspec.DecodeError as exc:
                         raise JournalCorrupt(path, offset, f"undecodable record ({exc})") from None
                     if record.seq != last_seq + 1:

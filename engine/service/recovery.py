@@ -117,6 +117,23 @@ def replay(state: ServiceState, journal: Journal, *, to_seq: int | None = None, 
     return n
 
 
+def replay_engine(engine, journal: Journal, *, to_seq: int | None = None, progress=None) -> int:
+    """Apply the journal's commands after ``engine.seq`` (up to ``to_seq``) to
+    the engine alone: no gateway bookkeeping, for tools that need only the
+    engine's state.  Returns the count."""
+    submit = engine.submit
+    first = engine.seq + 1
+    n = 0
+    for rec in journal.read(from_seq=first, to_seq=to_seq):
+        submit(rec.command)
+        n += 1
+        if progress is not None and not n & 0xFFFF:
+            progress(rec.seq)
+    if engine.seq != first - 1 + n:
+        raise RecoveryError(f"journal replay reached seq {engine.seq}, expected {first - 1 + n}")
+    return n
+
+
 async def recover(config, *, book=None, database_url: str | None = None) -> Recovered:
     """See the module docstring.  The cyclic garbage collector is off while
     the journal replays: nothing replay builds is cyclic garbage, and its

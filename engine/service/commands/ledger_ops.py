@@ -31,7 +31,8 @@ from pathlib import Path
 import engine as _engine
 from engine.service.cli import arg, command
 from engine.service.journal import Journal
-from engine.service.recovery import ENGINE_ID, RecoveryError, newest_at_or_below, replay
+from engine.service.recovery import (ENGINE_ID, RecoveryError, newest_at_or_below, replay,
+                                     replay_engine)
 from engine.service.snapshots import SnapshotStore
 from engine.service.state import ServiceState, SnapshotMismatch
 from settlement.errors import DatabaseUnavailable
@@ -211,7 +212,8 @@ def replay_command(args) -> int:
         else:
             state, base = _start_state(journal, to_seq, config)
             with _Progress(state.seq, to_seq) as progress:
-                replayed = replay(state, journal, to_seq=to_seq, progress=progress.update)
+                replayed = replay_engine(state.engine, journal, to_seq=to_seq,
+                                         progress=progress.update)
                 progress.update(state.seq)
             console.print(progress.summary(replayed))
     finally:
