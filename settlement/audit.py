@@ -13,7 +13,9 @@
   open orders reserve.  The ``orders`` table does not store the reservation,
   so "what an order reserves" is the ledger's net movement into the locked
   bucket under that order's id (every transfer touching an order's lock
-  carries its id); an order that is no longer open must reserve nothing.
+  carries its id); an order that is no longer open must reserve nothing;
+- ``snapshot``: every daily balance snapshot (``exchange snapshot-balances``)
+  with the ledger summed up to the seq it covers.
 
 Every difference is a ``Finding`` with ``first_seq``, where the ledger and
 the balances part: for ``chain``, the first transfer whose stored balance the
@@ -29,7 +31,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from engine.ledger import BUCKETS
+from engine.ledger import AVAILABLE, BUCKETS, FIRST_USER_ACCOUNT, LOCKED
 from settlement.reconcile import LEDGER_SUMS_SQL
 
 __all__ = ["Finding", "audit", "record_run", "last_seq", "ledger_sums", "balances_table",
@@ -45,7 +47,7 @@ class Finding:
     bucket: str            # available | locked | total
     expected: int          # minor units
     actual: int
-    check: str             # balances | chain | supply | orders | engine-ledger | engine-balances
+    check: str             # balances | chain | supply | orders | snapshot | engine-ledger | engine-balances
     first_seq: int | None = None
     note: str = ""
 
@@ -126,6 +128,29 @@ def first_disagreement(history: list[tuple[int, int]], value: int) -> int | None
     return None
 
 
+# Each daily snapshot against the ledger summed up to the seq it covers.
+_SNAPSHOT_SQL = f"""
+    WITH moves AS (
+        SELECT target_account AS account, asset_id, target_bucket AS bucket, amount AS delta
+        FROM transfers WHERE seq <= $2
+        UNION ALL
+        SELECT source_account, asset_id, source_bucket, -amount FROM transfers WHERE seq <= $2),
+    ledger AS (
+        SELECT account, asset_id,
+               coalesce(sum(delta) FILTER (WHERE bucket = '{AVAILABLE}'), 0)::bigint AS available,
+               coalesce(sum(delta) FILTER (WHERE bucket = '{LOCKED}'), 0)::bigint AS locked
+        FROM moves GROUP BY 1, 2),
+    snap AS (SELECT account_id AS account, asset_id, available, locked
+             FROM daily_balances WHERE day = $1)
+    SELECT coalesce(l.account, s.account) AS account, coalesce(l.asset_id, s.asset_id) AS asset_id,
+           coalesce(l.available, 0) AS ledger_available, coalesce(l.locked, 0) AS ledger_locked,
+           coalesce(s.available, 0) AS snap_available, coalesce(s.locked, 0) AS snap_locked
+    FROM ledger l FULL JOIN snap s ON l.account = s.account AND l.asset_id = s.asset_id
+    WHERE coalesce(l.available, 0) <> coalesce(s.available, 0)
+       OR coalesce(l.locked, 0) <> coalesce(s.locked, 0)
+"""
+
+
 async def audit(conn) -> list[Finding]:
     """The database-only checks (see the module docstring), in a snapshot
     of the database (one repeatable-read transaction)."""
@@ -138,6 +163,16 @@ async def audit(conn) -> list[Finding]:
         updated = {(r["account_id"], r["asset_id"]): r["updated_seq"] for r in await conn.fetch(
             "SELECT account_id, asset_id, updated_seq FROM balances")}
         out: list[Finding] = []
+        for snap in await conn.fetch("SELECT day, through_seq FROM daily_balance_snapshots "
+                                     "ORDER BY day"):
+            for r in await conn.fetch(_SNAPSHOT_SQL, snap["day"], snap["through_seq"]):
+                for bucket in BUCKETS:
+                    want, got = r[f"ledger_{bucket}"], r[f"snap_{bucket}"]
+                    if want != got:
+                        out.append(Finding(r["account"], names.get(r["asset_id"],
+                                                                   f"#{r['asset_id']}"),
+                                           bucket, want, got, "snapshot", snap["through_seq"],
+                                           f"daily snapshot {snap['day']}"))
         chain_seq = {(r["account"], r["asset_id"], r["bucket"]): r["seq"] for r in chain}
         keys = {(a, i) for a, i, _ in ledger} | set(table)
         for account, aid in sorted(keys):
@@ -176,7 +211,7 @@ async def audit(conn) -> list[Finding]:
                                "locked", 0, r["held"], "orders",
                                note=f"order {r['order_id']} is {r['status']} but still holds"))
     for (account, aid), row in sorted(table.items()):
-        if account < 2:
+        if account < FIRST_USER_ACCOUNT:
             continue
         want = reserved.pop((account, aid), 0)
         if row[1] != want:

@@ -352,3 +352,32 @@ quote = "USDT"
 price_tick = "0.01"
 qty_lot = "0.0001"
 """
+
+
+def test_reconcile_checks_the_daily_snapshots(make_db, cwd):
+    url = make_db()
+    engine = new_engine()
+    stream = list(Flow("ledger", SEED + 2, engine=engine).stream(300))
+
+    async def settle(part):
+        writer = SettlementWriter(url, assets=ASSETS, flush_interval_ms=5)
+        await writer.start()
+        for _, events in part:
+            await writer.put(events)
+        await writer.close()
+    asyncio.run(settle(stream))
+    _execute(url, "ALTER TABLE transfers DISABLE TRIGGER ALL; "
+                  "UPDATE transfers SET created_at = created_at - interval '2 days'; "
+                  "ALTER TABLE transfers ENABLE TRIGGER ALL")
+    day = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2)).date().isoformat()
+    _exchange(cwd, url, "snapshot-balances", "--date", day, check=0)
+    assert _exchange(cwd, url, "reconcile", check=0).stdout.splitlines()[-1] \
+        == "reconciliation: balanced"
+    _execute(url, "ALTER TABLE daily_balances DISABLE TRIGGER ALL; "
+                  "UPDATE daily_balances SET available = available + 7 "
+                  "WHERE (account_id, asset_id) = (SELECT account_id, asset_id FROM daily_balances "
+                  "WHERE account_id >= 2 ORDER BY 1, 2 LIMIT 1); "
+                  "ALTER TABLE daily_balances ENABLE TRIGGER ALL")
+    found = _exchange(cwd, url, "reconcile", check=1)
+    assert found.stdout.splitlines()[-1] == "reconciliation: 1 discrepancies"
+    assert "snapshot" in found.stdout and day in found.stdout
