@@ -72,6 +72,12 @@ def test_demo_trades_settles_and_ends_balanced(tmp_path, pg_server_url, demo_dat
     assert [(r["status"], r["through_seq"]) for r in runs] == [("ok", commands)]
     # the journal lived in a temporary folder: nothing left in the working folder
     assert list(tmp_path.iterdir()) == []
+    # the operators' view of the same ledger adds up, and the database-only audit agrees
+    overview = exchange("overview", cwd=tmp_path, server_url=url)
+    assert overview.returncode == 0, overview.stdout + overview.stderr
+    assert "does not add up" not in overview.stdout and "adds up" in overview.stdout
+    audit = exchange("reconcile", cwd=tmp_path, server_url=url)
+    assert audit.stdout.splitlines()[-1] == "reconciliation: balanced", audit.stdout
 
 
 @pytest.mark.parametrize("argv", [["--gateways", "0"], ["--seconds", "-1"],
