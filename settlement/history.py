@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import asyncpg
 
+from engine.domain import INT64_MAX
 from engine.ledger import FIRST_USER_ACCOUNT, SYSTEM_FEES, SYSTEM_OUTSIDE, TRANSFER_KINDS
 
 from .errors import SettlementError
@@ -52,12 +53,21 @@ def format_minor(amount_minor: int, scale: int) -> str:
     return f"{to_decimal(amount_minor, scale):f}"
 
 
+def whole_number(text: str, *, what: str) -> int:
+    """``text`` as an id or a seq: ASCII digits, at most int64 (what the ledger
+    stores); anything else is one LedgerQueryError line."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) > INT64_MAX:
+        raise LedgerQueryError(f"{what} must be a whole number 0..{INT64_MAX}, not {text!r}")
+    return int(text)
+
+
 def parse_point(text: str, *, what: str = "value") -> Point:
     """A seq (digits) or a time: ISO 8601 (``2026-12-03``, ``2026-12-03T17:00``,
     ``...+02:00``); a time without a zone is UTC."""
     text = text.strip()
-    if text.isdigit():
-        return int(text)
+    if text.isascii() and text.isdigit():
+        return whole_number(text, what=what)
     try:
         t = dt.datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
     except ValueError:
@@ -77,15 +87,19 @@ async def connect(url: str) -> asyncpg.Connection:
     """A connection to the ledger; any failure is one LedgerQueryError line."""
     try:
         return await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+    except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
         raise LedgerQueryError(f"cannot reach the settlement database ({_host(url)}): "
                                f"{type(e).__name__}: {e}") from None
 
 
 def _host(url: str) -> str:
     from urllib.parse import urlsplit
-    parts = urlsplit(url)
-    return f"{parts.hostname or 'local socket'}{':%d' % parts.port if parts.port else ''}{parts.path}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:              # a port out of range: the URL as given
+        return url
+    return f"{parts.hostname or 'local socket '}{':%d' % port if port else ''}{parts.path}"
 
 
 async def _require_schema(conn: asyncpg.Connection) -> None:
@@ -367,6 +381,14 @@ async def overview(conn: asyncpg.Connection, asset: str | None = None) -> list[A
     if asset is not None and asset not in {a.name for a in info.values()}:
         raise LedgerQueryError(f"asset {asset!r} is not in the ledger "
                                f"(known: {', '.join(sorted(a.name for a in info.values())) or 'none'})")
+    # the flows and the balances from one snapshot of the database: a batch
+    # settled between two reads would otherwise look like a difference
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        flows, users = await _flows_and_users(conn)
+    return _overview_rows(info, flows, users, asset)
+
+
+async def _flows_and_users(conn: asyncpg.Connection):
     flows = {r["asset_id"]: r for r in await conn.fetch("""
         SELECT asset_id,
           coalesce(sum(amount) FILTER (WHERE kind = 'deposit'  AND source_account = $1 AND target_account >= $3), 0)
@@ -390,6 +412,10 @@ async def overview(conn: asyncpg.Connection, asset: str | None = None) -> list[A
     users = {r["asset_id"]: r for r in await conn.fetch(
         "SELECT asset_id, coalesce(sum(available), 0) AS available, coalesce(sum(locked), 0) AS locked "
         "FROM balances WHERE account_id >= $1 GROUP BY asset_id", FIRST_USER_ACCOUNT)}
+    return flows, users
+
+
+def _overview_rows(info, flows, users, asset) -> list[AssetOverview]:
     result = []
     for a in sorted(info.values(), key=lambda a: a.name):
         if asset is not None and a.name != asset:

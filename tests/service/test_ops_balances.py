@@ -187,10 +187,14 @@ def test_history_filters_by_seq_and_kind(ledger, cwd):
                       check=0).stdout
     body = table.split("movements", 1)[1].splitlines()[2:]
     assert body and all(" deposit " in line and " trade " not in line for line in body)
+    everything = list(csv.DictReader(io.StringIO(_exchange(
+        cwd, url, "balances", str(account), "--history", "--csv", check=0).stdout)))
     for kind in TRANSFER_KINDS:
         r = _exchange(cwd, url, "balances", str(account), "--history", "--kind", kind, "--csv",
                       check=0)
-        assert {x["kind"] for x in csv.DictReader(io.StringIO(r.stdout))} <= {kind}
+        # exactly this kind's rows of the whole log, none lost and none of another kind
+        assert list(csv.DictReader(io.StringIO(r.stdout))) == [
+            x for x in everything if x["kind"] == kind]
 
 
 # ================================================================ snapshot-balances

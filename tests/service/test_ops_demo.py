@@ -81,7 +81,7 @@ def test_demo_trades_settles_and_ends_balanced(tmp_path, pg_server_url, demo_dat
 
 
 @pytest.mark.parametrize("argv", [["--gateways", "0"], ["--seconds", "-1"],
-                                  ["--database", "no such name"]])
+                                  ["--database", "no such name"], ["--database", "ledger"]])
 def test_demo_refuses_bad_arguments_in_one_line(tmp_path, pg_server_url, argv):
     done = exchange("demo", *argv, cwd=tmp_path, server_url=pg_server_url, timeout_s=60)
     assert done.returncode == 2

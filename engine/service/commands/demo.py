@@ -53,7 +53,8 @@ GATEWAYS_MAX = 64
                arg("--gateways", type=int, default=4, metavar="K",
                    help="simulated gateways, each a TCP client (default 4)"),
                arg("--database", default=DATABASE_DEFAULT, metavar="NAME",
-                   help=f"database to recreate on the server (default {DATABASE_DEFAULT})"),
+                   help=f"database to recreate on the server: its name starts with "
+                        f"{DATABASE_DEFAULT} (the default)"),
                arg("--seed", type=int, default=1, help="seed of the order flow (default 1)")])
 def demo(args) -> int:
     if not 0 < args.seconds <= SECONDS_MAX:
@@ -205,9 +206,13 @@ async def _fresh_database(server_url: str, name: str) -> str:
 
     from settlement import SettlementError
     from settlement.database import create_database
+    if not name.startswith(DATABASE_DEFAULT):
+        # the demo replaces its database: a typo must not drop a real ledger
+        raise SettlementError(f"--database {name!r}: the demo only replaces databases named "
+                              f"{DATABASE_DEFAULT}*")
     try:
         return await create_database(server_url, name, replace=True)
-    except asyncpg.PostgresError as exc:
+    except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise SettlementError(f"database: {type(exc).__name__}: {exc}") from None
 
 

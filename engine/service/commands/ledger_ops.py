@@ -178,8 +178,17 @@ def _database_url(config, *, embedded: bool) -> str | None:
     return None
 
 
+# what a bad URL, an unreachable server or a refused query raise: one line, exit 2
+DB_ERRORS = (OSError, ValueError, TimeoutError)      # ValueError: a malformed DSN or port
+
+
 def _db_error(exc: BaseException) -> DatabaseUnavailable:
     return DatabaseUnavailable(f"database: {type(exc).__name__}: {exc}")
+
+
+async def _connect(url: str):
+    from settlement import history
+    return await history.connect(url)       # a failure is one LedgerQueryError line
 
 
 @command("replay", help="rebuild engine state from snapshot + journal; optionally resettle",
@@ -235,7 +244,7 @@ async def _resettle(journal, to_seq: int, config, url: str, console):
     from settlement import SettlementWriter, audit, migrate
     try:
         await migrate(url)
-    except (OSError, asyncpg.PostgresError) as exc:
+    except (*DB_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise _db_error(exc) from None
     kw = {}
     if config is not None:
@@ -244,7 +253,7 @@ async def _resettle(journal, to_seq: int, config, url: str, console):
                   flush_interval_ms=db.flush_interval_ms)
     writer = None
     try:
-        conn = await asyncpg.connect(url)
+        conn = await _connect(url)
         try:
             settled = await audit.last_seq(conn, ENGINE_ID)
         finally:
@@ -273,7 +282,7 @@ async def _resettle(journal, to_seq: int, config, url: str, console):
         committed = writer.committed_seq
         await writer.close()
         writer = None
-    except (OSError, asyncpg.PostgresError) as exc:
+    except (*DB_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise _db_error(exc) from None
     finally:
         if writer is not None:
@@ -310,14 +319,17 @@ async def _reconcile(url: str, journal, config):
 
     from settlement import audit
     from settlement.reconcile import compare
-    try:
-        conn = await asyncpg.connect(url)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise _db_error(exc) from None
+    conn = await _connect(url)
     try:
         if not await conn.fetchval("SELECT to_regclass('settlement_state') IS NOT NULL"):
             raise DatabaseUnavailable("database: not migrated (run: exchange db migrate)")
-        through_seq = await audit.last_seq(conn, ENGINE_ID)
+        # last_seq and the sums the engine is compared with come from one snapshot of the
+        # database: a server settling meanwhile cannot make them disagree
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            through_seq = await audit.last_seq(conn, ENGINE_ID)
+            names = await audit.asset_names(conn)
+            ledger = await audit.ledger_sums(conn)
+            table = await audit.balances_table(conn)
         findings = await audit.audit(conn)
         source = "database"
         if journal is not None:
@@ -326,11 +338,7 @@ async def _reconcile(url: str, journal, config):
                 raise RecoveryError(f"the database is at seq {through_seq} but the journal in "
                                     f"{journal.directory} ends at seq {journal.last_seq}")
             state, _ = _start_state(journal, through_seq, config)
-            replay(state, journal, to_seq=through_seq)
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                names = await audit.asset_names(conn)
-                ledger = await audit.ledger_sums(conn)
-                table = await audit.balances_table(conn)
+            replay_engine(state.engine, journal, to_seq=through_seq)
             for d in compare(state.engine, names, ledger, table):
                 if d.check != "supply":         # audit has checked it
                     findings.append(audit.Finding(d.account, d.asset, d.bucket, d.expected,
@@ -339,7 +347,7 @@ async def _reconcile(url: str, journal, config):
         run_id = await audit.record_run(conn, engine_id=ENGINE_ID, through_seq=through_seq,
                                         source=source, findings=findings)
         return findings, through_seq, run_id
-    except asyncpg.PostgresError as exc:
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise _db_error(exc) from None
     finally:
         await conn.close()
@@ -378,5 +386,5 @@ def db_command(args) -> int:
         os.environ["DATABASE_URL"] = config.database.url    # this process only
     try:
         return settlement_main([args.action])
-    except (OSError, asyncpg.PostgresError) as exc:
+    except (*DB_ERRORS, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise _db_error(exc) from None

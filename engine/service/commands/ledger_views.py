@@ -50,10 +50,8 @@ def _run(coro_fn, args):
 
 
 def _account(text: str) -> int:
-    from settlement.history import LedgerQueryError
-    if not text.isdigit():
-        raise LedgerQueryError(f"account must be a whole number >= 0, not {text!r}")
-    return int(text)
+    from settlement.history import whole_number
+    return whole_number(text, what="account")
 
 
 # ================================================================ output
@@ -131,7 +129,10 @@ def balances(args) -> int:
     at = history.parse_point(args.at, what="--at") if args.at else None
 
     async def query(conn):
+        await history.check_account(conn, account)     # the schema and the account first
         settled = await history.last_seq(conn)
+        if type(at) is int and at > settled:
+            raise history.LedgerQueryError(f"--at {at} is past what is settled (seq {settled})")
         if at is None:
             return await history.balances_now(conn, account), None, settled
         rows, found = await history.balances_at(conn, account, at)
