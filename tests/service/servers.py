@@ -64,6 +64,26 @@ scale = 8
 """
 
 
+# the smallest valid configuration: one session, two assets, one instrument
+MINIMAL_CONFIG = """
+[[server.sessions]]
+token = "tok-1"
+role = "trading"
+[[assets]]
+name = "BTC"
+scale = 8
+[[assets]]
+name = "USDT"
+scale = 6
+[[instruments]]
+symbol = "BTC-USDT"
+base = "BTC"
+quote = "USDT"
+price_tick = "0.01"
+qty_lot = "0.0001"
+"""
+
+
 def write_config(folder: Path, *, port: int = 0, fsync: str = "batch",
                  snapshot_every: int = 1_000_000, database_url: str | None = None,
                  database_extra: str = "", segment_bytes_max: int = 64 << 20) -> Path:

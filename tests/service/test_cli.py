@@ -13,25 +13,10 @@ import pytest
 import engine.service
 from engine.service import cli
 from engine.service.config import Config
+from servers import MINIMAL_CONFIG
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "exchange.toml"
-GOOD = """
-[[server.sessions]]
-token = "tok-1"
-role = "trading"
-[[assets]]
-name = "BTC"
-scale = 8
-[[assets]]
-name = "USDT"
-scale = 6
-[[instruments]]
-symbol = "BTC-USDT"
-base = "BTC"
-quote = "USDT"
-price_tick = "0.01"
-qty_lot = "0.0001"
-"""
+GOOD = MINIMAL_CONFIG
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import pytest
 
 from engine.flow import CROSS_ASSETS as ASSETS, Flow, new_engine
 from engine.ledger import TRANSFER_KINDS
+from servers import MINIMAL_CONFIG
 from settlement import SettlementWriter
 
 EXCHANGE = shutil.which("exchange") or str(Path(sys.executable).with_name("exchange"))
@@ -34,6 +35,17 @@ def _exchange(cwd, url, *argv, check=None):
     if check is not None:
         assert r.returncode == check, (r.returncode, r.stdout, r.stderr)
     return r
+
+
+def _settle(url: str, stream) -> None:
+    """Settle the (command, events) pairs of ``stream`` into the ledger at ``url``."""
+    async def settle():
+        writer = SettlementWriter(url, assets=ASSETS, batch_events_max=500, flush_interval_ms=5)
+        await writer.start()
+        for _, events in stream:
+            await writer.put(events)
+        await writer.close()
+    asyncio.run(settle())
 
 
 def _minor(text: str, asset: str) -> int:
@@ -73,14 +85,7 @@ def ledger(tmp_path_factory, pg_server_url):
         engine = new_engine()
         stream = list(Flow("ledger", SEED, engine=engine).stream(N))
 
-        async def settle():
-            writer = SettlementWriter(url, assets=ASSETS, batch_events_max=500, flush_interval_ms=5)
-            await writer.start()
-            for _, events in stream:
-                await writer.put(events)
-            await writer.flush()
-            await writer.close()
-        asyncio.run(settle())
+        _settle(url, stream)
         yield url, engine, stream
     finally:
         asyncio.run(drop_database(pg_server_url, url))
@@ -203,20 +208,13 @@ def test_snapshot_balances_is_once_per_day_and_serves_at(make_db, cwd):
     engine = new_engine()
     stream = list(Flow("ledger", SEED + 1, engine=engine).stream(600))
 
-    async def settle(part):
-        writer = SettlementWriter(url, assets=ASSETS, batch_events_max=500, flush_interval_ms=5)
-        await writer.start()
-        for _, events in part:
-            await writer.put(events)
-        await writer.flush()
-        await writer.close()
-    asyncio.run(settle(stream[:400]))
+    _settle(url, stream[:400])
     # the first 400 commands were booked two days ago (the ledger is append-only: a test moves
     # its clock with the triggers off), the rest today
     _execute(url, "ALTER TABLE transfers DISABLE TRIGGER ALL; "
                   "UPDATE transfers SET created_at = created_at - interval '2 days'; "
                   "ALTER TABLE transfers ENABLE TRIGGER ALL")
-    asyncio.run(settle(stream[400:]))
+    _settle(url, stream[400:])
     day = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=2)).date().isoformat()
     snap_seq = stream[399][1][0].seq
 
@@ -268,14 +266,7 @@ def test_overview_adds_up_and_finds_a_deleted_ledger_row(make_db, cwd):
     engine = new_engine()
     stream = list(Flow("ledger", SEED + 2, engine=engine).stream(800))
 
-    async def settle():
-        writer = SettlementWriter(url, assets=ASSETS, batch_events_max=500, flush_interval_ms=5)
-        await writer.start()
-        for _, events in stream:
-            await writer.put(events)
-        await writer.flush()
-        await writer.close()
-    asyncio.run(settle())
+    _settle(url, stream)
     clean = _exchange(cwd, url, "overview", check=0)
     lines = clean.stdout.strip().splitlines()
     assert lines[-len(SCALE):] == [f"{a}: adds up" for a in sorted(SCALE)]
@@ -340,22 +331,7 @@ def test_the_database_comes_from_config_first(ledger, cwd):
 CONFIG = """
 [database]
 url = "{url}"
-[[server.sessions]]
-token = "tok-1"
-role = "trading"
-[[assets]]
-name = "BTC"
-scale = 8
-[[assets]]
-name = "USDT"
-scale = 6
-[[instruments]]
-symbol = "BTC-USDT"
-base = "BTC"
-quote = "USDT"
-price_tick = "0.01"
-qty_lot = "0.0001"
-"""
+""" + MINIMAL_CONFIG
 
 
 def test_reconcile_checks_the_daily_snapshots(make_db, cwd):
@@ -363,13 +339,7 @@ def test_reconcile_checks_the_daily_snapshots(make_db, cwd):
     engine = new_engine()
     stream = list(Flow("ledger", SEED + 2, engine=engine).stream(300))
 
-    async def settle(part):
-        writer = SettlementWriter(url, assets=ASSETS, flush_interval_ms=5)
-        await writer.start()
-        for _, events in part:
-            await writer.put(events)
-        await writer.close()
-    asyncio.run(settle(stream))
+    _settle(url, stream)
     _execute(url, "ALTER TABLE transfers DISABLE TRIGGER ALL; "
                   "UPDATE transfers SET created_at = created_at - interval '2 days'; "
                   "ALTER TABLE transfers ENABLE TRIGGER ALL")
