@@ -44,8 +44,9 @@ class Recovered:
     truncated_bytes: int    # torn journal tail removed
 
 
-def snapshot_dir(config) -> Path:
-    return Path(config.journal.dir) / "snapshots"
+def snapshot_dir(journal_dir) -> Path:
+    """Where the snapshots of the journal in ``journal_dir`` are kept."""
+    return Path(journal_dir) / "snapshots"
 
 
 def newest_at_or_below(store: SnapshotStore, seq: int):
@@ -69,24 +70,32 @@ def open_journal(config) -> Journal:
     return journal
 
 
-def rebuild(config, journal: Journal, store: SnapshotStore, *, upto_seq: int, book=None,
-            to_seq: int | None = None) -> tuple[ServiceState, int]:
+def rebuild(config, journal: Journal, store: SnapshotStore, *, upto_seq: int,
+            book=None) -> tuple[ServiceState, int]:
     """The service state from the newest valid snapshot at or below ``upto_seq``
     (a fresh engine when there is none), not yet replayed.  Returns (state,
-    snapshot seq)."""
+    snapshot seq).  ``config`` may be None for tools that only read: then a
+    snapshot must cover the start (a fresh engine needs the configuration),
+    and it is not checked against a configuration's hash."""
     found = newest_at_or_below(store, upto_seq)
-    book = config.engine.book if book is None else book
+    if config is None:
+        book, config_hash, bounds = book or "auto", "", {}
+    else:
+        book = config.engine.book if book is None else book
+        config_hash = config.config_hash()
+        bounds = dict(request_window=config.server.request_window,
+                      report_retention_max=config.server.report_retention_max)
     if found is None:
-        state = ServiceState(config.new_engine(book=book), config_hash=config.config_hash(),
-                             request_window=config.server.request_window,
-                             report_retention_max=config.server.report_retention_max)
+        if config is None:
+            raise RecoveryError(f"no snapshot at or below seq {upto_seq} in {store.directory}: "
+                                "pass --config FILE to replay from a fresh engine")
+        state = ServiceState(config.new_engine(book=book), config_hash=config_hash, **bounds)
         base = 0
     else:
         base, data = found
         try:
-            state = ServiceState.restore(data, _engine.Engine, config_hash=config.config_hash(),
-                                         book=book, request_window=config.server.request_window,
-                                         report_retention_max=config.server.report_retention_max)
+            state = ServiceState.restore(data, _engine.Engine, config_hash=config_hash,
+                                         book=book, **bounds)
         except SnapshotMismatch as exc:
             raise RecoveryError(f"snapshot at seq {base} in {store.directory}: {exc}") from None
     if journal.last_seq > base and journal.first_seq > base + 1:
@@ -149,7 +158,7 @@ async def recover(config, *, book=None, database_url: str | None = None) -> Reco
 
 async def _recover(config, book, database_url) -> Recovered:
     journal = open_journal(config)
-    store = SnapshotStore(snapshot_dir(config))
+    store = SnapshotStore(snapshot_dir(config.journal.dir))
     writer = None
     settled = journal.last_seq
     try:

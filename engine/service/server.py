@@ -335,7 +335,7 @@ class Server:
         seq = state.seq
         records = []
         plan = []               # (conn, kind, payload) in arrival order
-        in_turn: dict[tuple[str, int], int] = {}
+        in_turn: set[tuple[str, int]] = set()      # (gateway, request id) journaled this turn
         for conn, msg, received_ns in items:
             if conn.closed:
                 continue
@@ -362,7 +362,7 @@ class Server:
                         f"request ids must increase; last was {g.last_request_id}"))))
                     continue
                 seq += 1
-                in_turn[(conn.gateway_id, rid)] = seq
+                in_turn.add((conn.gateway_id, rid))
                 records.append(JournalRecord(seq, conn.gateway_id, rid, received_ns, msg.command))
                 plan.append((conn, 0, msg))
             elif t is P.Bye:

@@ -122,7 +122,7 @@ def test_kill_9_at_random_points(tmp_path, db_url):
     from engine.service.snapshots import SnapshotStore
     from engine.service.recovery import snapshot_dir
     import engine
-    seq, data = SnapshotStore(snapshot_dir(config)).latest()
+    seq, data = SnapshotStore(snapshot_dir(config.journal.dir)).latest()
     assert seq == fresh.seq
     recovered = ServiceState.restore(data, engine.Engine, config_hash=config.config_hash())
     assert recovered.engine.state_hash() == fresh.engine.state_hash()

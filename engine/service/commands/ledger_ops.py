@@ -28,13 +28,12 @@ import sys
 import time
 from pathlib import Path
 
-import engine as _engine
 from engine.service.cli import arg, command
 from engine.service.journal import Journal
-from engine.service.recovery import (ENGINE_ID, RecoveryError, newest_at_or_below, replay,
-                                     replay_engine)
+from engine.service.recovery import (ENGINE_ID, RecoveryError, rebuild, replay, replay_engine,
+                                     snapshot_dir)
 from engine.service.snapshots import SnapshotStore
-from engine.service.state import ServiceState, SnapshotMismatch
+from engine.service.state import ServiceState
 from settlement.errors import DatabaseUnavailable
 
 EXIT_DISCREPANCY = 1
@@ -66,32 +65,8 @@ def _load_config(path: str | None):
 
 
 def _start_state(journal: Journal, upto_seq: int, config) -> tuple[ServiceState, int]:
-    """The service state from the newest valid snapshot at or below
-    ``upto_seq`` in the journal's ``snapshots`` folder, else a fresh engine
-    (which needs the configuration).  Returns (state, snapshot seq)."""
-    store = SnapshotStore(journal.directory / "snapshots")
-    found = newest_at_or_below(store, upto_seq)
-    if found is None:
-        if config is None:
-            raise RecoveryError(f"no snapshot at or below seq {upto_seq} in {store.directory}: "
-                                "pass --config FILE to replay from a fresh engine")
-        state, base = ServiceState(config.new_engine(), config_hash=config.config_hash()), 0
-    else:
-        base, data = found
-        try:
-            state = ServiceState.restore(data, _engine.Engine,
-                                         config_hash=config.config_hash() if config else "",
-                                         book=config.engine.book if config else "auto")
-        except SnapshotMismatch as exc:
-            raise RecoveryError(f"snapshot at seq {base} in {store.directory}: {exc}") from None
-    if journal.last_seq > base and journal.first_seq > base + 1:
-        raise RecoveryError(f"journal in {journal.directory} starts at seq {journal.first_seq}, but "
-                            f"the newest usable snapshot is at seq {base}: seqs "
-                            f"{base + 1}..{journal.first_seq - 1} are missing")
-    if journal.last_seq < base:
-        raise RecoveryError(f"snapshot at seq {base} is ahead of the journal "
-                            f"(last seq {journal.last_seq}): another journal's snapshot?")
-    return state, base
+    """recovery.rebuild on the journal's own ``snapshots`` folder."""
+    return rebuild(config, journal, SnapshotStore(snapshot_dir(journal.directory)), upto_seq=upto_seq)
 
 
 # ================================================================ output
