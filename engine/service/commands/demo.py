@@ -387,7 +387,7 @@ async def _finish(console, server, url: str, gateways, timing: dict) -> int:
     embedded = not os.environ.get("DATABASE_URL", "").strip()
     console.print(f"psql {url}  (kept until the next demo"
                   + ("; the embedded server stops with this command: "
-                     "`python -m settlement url` keeps it up)" if embedded else ")"))
+                     "`exchange db url` keeps it up)" if embedded else ")"))
     sys.stdout.flush()
     if result.ok and found == 0:
         print("reconciliation: balanced", flush=True)
