@@ -13,7 +13,7 @@ cdef extern from *:
     """
     typedef struct { PyObject_HEAD PyObject *account, *client_order_id, *post_only, *price,
         *qty, *quote_qty, *side, *stop_price, *stp, *symbol, *tif, *type; } ccore_PlaceOrder;
-    typedef struct { PyObject_HEAD PyObject *account, *client_order_id, *order_id; }
+    typedef struct { PyObject_HEAD PyObject *account, *admin, *client_order_id, *order_id; }
         ccore_CancelOrder;
     typedef struct { PyObject_HEAD PyObject *account, *order_id, *price, *qty; }
         ccore_ReplaceOrder;
@@ -23,7 +23,7 @@ cdef extern from *:
         cdef readonly object side, stop_price, stp, symbol, tif, type
 
     ctypedef class engine.messages.CancelOrder [object ccore_CancelOrder, check_size error]:
-        cdef readonly object account, client_order_id, order_id
+        cdef readonly object account, admin, client_order_id, order_id
 
     ctypedef class engine.messages.ReplaceOrder [object ccore_ReplaceOrder, check_size error]:
         cdef readonly object account, order_id, price, qty

@@ -122,7 +122,8 @@ def _fields_as_read(c) -> dict:
                     stp=p.stp)
     if type(c) is CancelOrder:
         x = c
-        return dict(account=x.account, order_id=x.order_id, client_order_id=x.client_order_id)
+        return dict(account=x.account, order_id=x.order_id, client_order_id=x.client_order_id,
+                    admin=x.admin)
     if type(c) is ReplaceOrder:
         r = c
         return dict(account=r.account, order_id=r.order_id, price=r.price, qty=r.qty)

@@ -31,5 +31,7 @@ KIND_FEE = "fee"            # a fill's fee, to account 1
 KIND_DEPOSIT = "deposit"    # account 0 -> a user
 KIND_WITHDRAW = "withdraw"  # a user (or account 1) -> account 0
 KIND_ADJUST = "adjust"      # admin correction, either way with account 0
+KIND_WITHDRAW_HOLD = "withdraw_hold"        # available -> locked, a requested withdrawal
+KIND_WITHDRAW_RELEASE = "withdraw_release"  # locked -> available, a rejected withdrawal
 TRANSFER_KINDS = (KIND_LOCK, KIND_UNLOCK, KIND_TRADE, KIND_FEE, KIND_DEPOSIT, KIND_WITHDRAW,
-                  KIND_ADJUST)
+                  KIND_ADJUST, KIND_WITHDRAW_HOLD, KIND_WITHDRAW_RELEASE)

@@ -17,9 +17,13 @@ __all__ = [
     # commands
     "Command", "PlaceOrder", "CancelOrder", "ReplaceOrder", "Deposit", "Withdraw",
     "Adjust", "Halt", "Resume",
+    "RequestWithdrawal", "ApproveWithdrawal", "RejectWithdrawal", "SetAccountTier", "Clock",
+    "FreezeAccount", "UnfreezeAccount", "CancelAll", "ApproveAdjustment",
     # events
     "Event", "Accepted", "Rejected", "Trade", "Cancelled", "Replaced", "Triggered",
     "Transfer", "Adjusted", "Halted", "Resumed",
+    "WithdrawalRequested", "WithdrawalCompleted", "WithdrawalRejected", "AdjustmentPending",
+    "AdminAction", "Clocked",
     # codecs
     "encode", "decode_command", "decode_event", "decode_events",
 ]
@@ -48,9 +52,12 @@ class PlaceOrder(_Message):
 
 
 class CancelOrder(_Message):
+    """Cancel one open order.  ``admin`` non-empty: an operator's cancel (the
+    admin role), reason ``admin``, audited; ``account`` must still own it."""
     account: int
     order_id: int | None = None
     client_order_id: str | None = None
+    admin: str = ""
 
 
 class ReplaceOrder(_Message):
@@ -62,6 +69,8 @@ class ReplaceOrder(_Message):
 
 
 class Deposit(_Message):
+    """Credit from the outside world.  A non-empty ``ref`` is idempotent: the
+    same (deposit, account, asset, ref) again is rejected ``duplicate_ref``."""
     account: int
     asset: str
     amount: int
@@ -69,6 +78,8 @@ class Deposit(_Message):
 
 
 class Withdraw(_Message):
+    """Immediate withdrawal, for system use (no hold, no approval, no limit).
+    ``ref`` shares the withdrawal namespace with RequestWithdrawal."""
     account: int
     asset: str
     amount: int
@@ -86,13 +97,78 @@ class Adjust(_Message):
 
 class Halt(_Message):
     symbol: str
+    admin: str = ""
 
 
 class Resume(_Message):
     symbol: str
+    admin: str = ""
 
 
-Command = PlaceOrder | CancelOrder | ReplaceOrder | Deposit | Withdraw | Adjust | Halt | Resume
+class RequestWithdrawal(_Message):
+    """available -> locked (``withdraw_hold``) until approved or rejected; at or
+    under the account tier's auto-approval amount it completes at once."""
+    account: int
+    asset: str
+    amount: int
+    ref: str = ""
+
+
+class ApproveWithdrawal(_Message):
+    """locked -> account 0 (``withdraw``)."""
+    withdrawal_id: int
+    admin: str
+
+
+class RejectWithdrawal(_Message):
+    """locked -> available (``withdraw_release``)."""
+    withdrawal_id: int
+    admin: str
+    reason: str
+
+
+class SetAccountTier(_Message):
+    account: int
+    tier: str
+    admin: str
+
+
+class Clock(_Message):
+    """The engine's "now" in nanoseconds since the Unix epoch (UTC); never
+    earlier than the last one.  The only way time enters the engine."""
+    ts_ns: int
+
+
+class FreezeAccount(_Message):
+    account: int
+    admin: str
+    reason: str
+    cancel_orders: bool = True
+
+
+class UnfreezeAccount(_Message):
+    account: int
+    admin: str
+    reason: str
+
+
+class CancelAll(_Message):
+    """Cancel every open order of ``account`` (on ``symbol`` only, when given).
+    ``admin`` non-empty: an operator's cancel, reason ``admin``, audited."""
+    account: int
+    symbol: str | None = None
+    admin: str = ""
+
+
+class ApproveAdjustment(_Message):
+    """A second admin (not the one who asked) releases a pending large Adjust."""
+    adjustment_id: int
+    admin: str
+
+
+Command = (PlaceOrder | CancelOrder | ReplaceOrder | Deposit | Withdraw | Adjust | Halt | Resume
+           | RequestWithdrawal | ApproveWithdrawal | RejectWithdrawal | SetAccountTier | Clock
+           | FreezeAccount | UnfreezeAccount | CancelAll | ApproveAdjustment)
 
 
 # ------------------------------------------------------------------ events
@@ -175,7 +251,7 @@ class Transfer(_Message):
     source_bucket: str     # "available" | "locked"
     target_account: int
     target_bucket: str
-    kind: str              # lock | unlock | trade | fee | deposit | withdraw | adjust
+    kind: str              # one of engine.ledger.TRANSFER_KINDS
     ref: str = ""
     order_id: int = 0
     trade_id: int = 0
@@ -184,7 +260,9 @@ class Transfer(_Message):
 
 
 class Adjusted(_Message):
-    """Audit record of an admin adjustment; its Transfer follows in the same command."""
+    """Audit record of an admin adjustment; its Transfer follows in the same
+    command.  A large one comes from ApproveAdjustment: ``adjustment_id`` and
+    ``approved_by`` name the pending request and its second admin."""
     seq: int
     account: int
     asset: str
@@ -193,6 +271,8 @@ class Adjusted(_Message):
     reason: str
     available_before: int
     available_after: int
+    adjustment_id: int = 0
+    approved_by: str = ""
 
 
 class Halted(_Message):
@@ -205,8 +285,74 @@ class Resumed(_Message):
     symbol: str
 
 
+class WithdrawalRequested(_Message):
+    """A withdrawal is held (its ``withdraw_hold`` Transfer follows)."""
+    seq: int
+    withdrawal_id: int
+    account: int
+    asset: str
+    amount: int
+    ref: str
+
+
+class WithdrawalCompleted(_Message):
+    """A held withdrawal left for the outside world.  ``admin`` "": approved
+    automatically (at or under the tier's auto-approval amount)."""
+    seq: int
+    withdrawal_id: int
+    account: int
+    asset: str
+    amount: int
+    ref: str
+    admin: str
+
+
+class WithdrawalRejected(_Message):
+    seq: int
+    withdrawal_id: int
+    account: int
+    asset: str
+    amount: int
+    ref: str
+    admin: str
+    reason: str
+
+
+class AdjustmentPending(_Message):
+    """An Adjust over the configured threshold waits for ApproveAdjustment."""
+    seq: int
+    adjustment_id: int
+    account: int
+    asset: str
+    amount: int            # signed
+    admin: str
+    reason: str
+
+
+class AdminAction(_Message):
+    """The audit record of an operator's act, one per admin command that took
+    effect; settlement writes it to ``audit_log``.  ``action`` is one of
+    engine.reasons.ADMIN_ACTIONS; ``target`` what it acted on (a symbol, an
+    asset, an order or withdrawal id as text); ``before``/``after`` the state
+    it changed, as text ("" where none applies)."""
+    seq: int
+    admin: str
+    action: str
+    account: int = 0
+    target: str = ""
+    reason: str = ""
+    before: str = ""
+    after: str = ""
+
+
+class Clocked(_Message):
+    seq: int
+    ts_ns: int
+
+
 Event = (Accepted | Rejected | Trade | Cancelled | Replaced | Triggered | Transfer
-         | Adjusted | Halted | Resumed)
+         | Adjusted | Halted | Resumed | WithdrawalRequested | WithdrawalCompleted
+         | WithdrawalRejected | AdjustmentPending | AdminAction | Clocked)
 
 # ------------------------------------------------------------------ codecs
 _encoder = msgspec.msgpack.Encoder()

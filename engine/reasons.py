@@ -27,6 +27,19 @@ INVALID_REF = "invalid_ref"                        # ref/admin/reason not a str 
 DUPLICATE_CLIENT_ORDER_ID = "duplicate_client_order_id"  # an open order of the account already has it
 TOO_MANY_OPEN_ORDERS = "too_many_open_orders"
 
+# ---- money controls
+DUPLICATE_REF = "duplicate_ref"                    # a non-empty ref already used for (kind, account, asset)
+ACCOUNT_FROZEN = "account_frozen"                  # a frozen account may not trade, request or be withdrawn from
+ALREADY_FROZEN = "already_frozen"
+NOT_FROZEN = "not_frozen"
+UNKNOWN_TIER = "unknown_tier"
+WITHDRAWAL_LIMIT_EXCEEDED = "withdrawal_limit_exceeded"  # over the tier's daily (UTC) limit for the asset
+UNKNOWN_WITHDRAWAL = "unknown_withdrawal"          # no pending withdrawal with that id
+UNKNOWN_ADJUSTMENT = "unknown_adjustment"          # no pending adjustment with that id
+SAME_ADMIN = "same_admin"                          # a large adjustment's approver must be another admin
+CLOCK_BACKWARDS = "clock_backwards"                # a Clock earlier than the engine's now
+INVALID_TIME = "invalid_time"                      # a Clock's ts_ns not an int in 0..int64 max
+
 # ---- instrument state
 HALTED = "halted"
 ALREADY_HALTED = "already_halted"
@@ -50,6 +63,9 @@ REJECT_REASONS = frozenset({
     DUPLICATE_CLIENT_ORDER_ID, TOO_MANY_OPEN_ORDERS, HALTED, ALREADY_HALTED, NOT_HALTED,
     INSUFFICIENT_FUNDS, AMOUNT_OVERFLOW, UNKNOWN_ORDER, ORDER_NOT_REPLACEABLE,
     POST_ONLY_WOULD_TRADE, FOK_UNFILLABLE,
+    DUPLICATE_REF, ACCOUNT_FROZEN, ALREADY_FROZEN, NOT_FROZEN, UNKNOWN_TIER,
+    WITHDRAWAL_LIMIT_EXCEEDED, UNKNOWN_WITHDRAWAL, UNKNOWN_ADJUSTMENT, SAME_ADMIN,
+    CLOCK_BACKWARDS, INVALID_TIME,
 })
 
 # ---- why an accepted order stopped being open without trading all of it
@@ -57,5 +73,25 @@ CANCEL_USER = "user"            # CancelOrder
 CANCEL_IOC = "ioc"              # IOC or market order remainder (no more liquidity, cap or budget reached)
 CANCEL_FOK = "fok_unfillable"   # a triggered FOK stop that could not fill entirely
 CANCEL_STP = "stp"              # self-trade prevention
+CANCEL_ADMIN = "admin"          # an operator's CancelOrder/CancelAll, or FreezeAccount with cancel_orders
 
-CANCEL_REASONS = frozenset({CANCEL_USER, CANCEL_IOC, CANCEL_FOK, CANCEL_STP})
+CANCEL_REASONS = frozenset({CANCEL_USER, CANCEL_IOC, CANCEL_FOK, CANCEL_STP, CANCEL_ADMIN})
+
+# ---- what an AdminAction records (the audit_log's action column)
+ACTION_ADJUST = "adjust"                        # an Adjust that moved money
+ACTION_ADJUST_REQUEST = "adjust_request"        # an Adjust over the threshold, now pending
+ACTION_ADJUST_APPROVE = "adjust_approve"        # ApproveAdjustment (the money moves with it)
+ACTION_HALT = "halt"
+ACTION_RESUME = "resume"
+ACTION_FREEZE = "freeze"
+ACTION_UNFREEZE = "unfreeze"
+ACTION_SET_TIER = "set_tier"
+ACTION_WITHDRAWAL_APPROVE = "withdrawal_approve"
+ACTION_WITHDRAWAL_REJECT = "withdrawal_reject"
+ACTION_CANCEL_ORDER = "cancel_order"
+ACTION_CANCEL_ALL = "cancel_all"
+
+ADMIN_ACTIONS = (ACTION_ADJUST, ACTION_ADJUST_REQUEST, ACTION_ADJUST_APPROVE, ACTION_HALT,
+                 ACTION_RESUME, ACTION_FREEZE, ACTION_UNFREEZE, ACTION_SET_TIER,
+                 ACTION_WITHDRAWAL_APPROVE, ACTION_WITHDRAWAL_REJECT, ACTION_CANCEL_ORDER,
+                 ACTION_CANCEL_ALL)
