@@ -221,7 +221,7 @@ def throughput(cls, prefill, work, repeat):
     return best, sums, book
 
 
-def latencies(cls, prefill, work):
+def latencies(cls, prefill, work, quantiles=(0.50, 0.99, 0.999)):
     book = cls(1)
     for a in prefill:
         book.add(*a)
@@ -256,13 +256,13 @@ def latencies(cls, prefill, work):
                 record(t1 - t0)
     finally:
         gc.enable()
-    return {p: _percentiles(v) for p, v in lat.items()}
+    return {p: _percentiles(v, quantiles) for p, v in lat.items()}
 
 
-def _percentiles(values):
+def _percentiles(values, quantiles):
     values.sort()
     n = len(values)
-    return tuple(values[min(n - 1, int(q * n))] for q in (0.50, 0.99, 0.999))
+    return tuple(values[min(n - 1, int(q * n))] for q in quantiles)
 
 
 def timer_overhead_ns():

@@ -101,9 +101,10 @@ def throughput(config, setup, flow, repeat):
     return len(flow) / best
 
 
-def latencies(config, setup, flow):
-    """(p50, p99, p99.9 in microseconds, events): one run reading the clock
-    around every command; the events are counted outside the clock reads."""
+def latencies(config, setup, flow, percentiles=(50, 99, 99.9)):
+    """(*latency at each of ``percentiles`` in microseconds, events): one run
+    reading the clock around every command; the events are counted outside
+    the clock reads."""
     eng = fresh_engine(config, setup)
     submit = eng.submit
     clock = time.perf_counter_ns
@@ -117,8 +118,7 @@ def latencies(config, setup, flow):
         out[i] = clock() - t0
         events += len(ev)
     gc.enable()
-    p50, p99, p999 = np.percentile(out, [50, 99, 99.9]) / 1000.0     # microseconds
-    return p50, p99, p999, events
+    return (*(np.percentile(out, list(percentiles)) / 1000.0), events)     # microseconds
 
 
 class _Recorder:

@@ -159,15 +159,18 @@ def _flow(n: int):
     return cmds[:split], cmds[split:]
 
 
-def throughput(n: int, window: int, database_url: str | None) -> list[tuple]:
-    """(case, connections, commands/s acknowledged, commands/s settled or None)."""
+def throughput(n: int, window: int, database_url: str | None, fsyncs=("batch", "always"),
+               connection_counts=(1, 4)) -> list[tuple]:
+    """(case, connections, commands/s acknowledged, commands/s settled or None):
+    settlement off under each of ``fsyncs``, then on (``fsync=batch``) when
+    there is a ``database_url``, each with each of ``connection_counts``."""
     deposits, flow = _flow(n)
     rows = []
-    cases = [("batch", None), ("always", None)]
+    cases = [(fsync, None) for fsync in fsyncs]
     if database_url:
         cases.append(("batch", database_url))
     for fsync, db in cases:
-        for connections in (1, 4):
+        for connections in connection_counts:
             url = _fresh_db(db) if db else None
             settled = None
             with tempfile.TemporaryDirectory() as d:
@@ -227,7 +230,11 @@ def writer_rate(n: int, database_url: str) -> float:
     return arun(go())
 
 
-def latency(n: int, rates, database_url: str | None) -> list[tuple]:
+def latency(n: int, rates, database_url: str | None, percentiles=(50, 99, 99.9),
+            seconds: float = 5.0) -> list[tuple]:
+    """(rate, settlement on/off, *latency in ms at each of ``percentiles``):
+    ``seconds`` of the flow at each rate, settlement off, then on when there
+    is a ``database_url``."""
     deposits, flow = _flow(n)
     rows = []
     cases = [(rate, None) for rate in rates]
@@ -239,11 +246,11 @@ def latency(n: int, rates, database_url: str | None) -> list[tuple]:
             server = ServerProcess(write_config(Path(d), fsync="batch", database_url=url))
             try:
                 arun(_fund(server.port, deposits))
-                hist = arun(_open_loop(server.port, flow[:int(rate * 5)], rate))
+                hist = arun(_open_loop(server.port, flow[:int(rate * seconds)], rate))
             finally:
                 server.stop()
         rows.append((rate, "on" if url else "off",
-                     *(hist.get_value_at_percentile(p) / 1000 for p in (50, 99, 99.9))))
+                     *(hist.get_value_at_percentile(p) / 1000 for p in percentiles)))
     return rows
 
 
@@ -271,7 +278,8 @@ def recovery(n: int) -> tuple[float, float]:
 _MADE: list[tuple[str, str]] = []       # (server url, database name) to drop at the end
 
 
-def _drop_made() -> None:
+def drop_made() -> None:
+    """Drop every database this module made (``_fresh_db``)."""
     from settlement.database import drop_database
 
     async def drop():
@@ -336,7 +344,7 @@ def main(argv=None) -> int:
     try:
         return _run(args)
     finally:
-        _drop_made()
+        drop_made()
 
 
 def _run(args) -> int:

@@ -36,17 +36,14 @@ import secrets
 import sys
 import time
 
-os.environ.setdefault("EXCHANGE_PURE_PYTHON", "1")   # the benchmark measures settlement, not the book
+import asyncpg
 
-import asyncpg  # noqa: E402
-
-from engine import Asset, Engine, Instrument  # noqa: E402
-from engine.messages import (Adjust, CancelOrder, Deposit, PlaceOrder, Trade,  # noqa: E402
-                             Withdraw)
-from settlement import SettlementWriter, database_url, migrate  # noqa: E402
-from settlement.database import create_database, drop_database  # noqa: E402
-from settlement.rows import (AUDIT_COLUMNS, ORDER_COLUMNS, TRADE_COLUMNS,  # noqa: E402
-                             TRANSFER_COLUMNS, BatchBuilder)
+from engine import Asset, Engine, Instrument
+from engine.messages import Adjust, CancelOrder, Deposit, PlaceOrder, Trade, Withdraw
+from settlement import SettlementWriter, database_url, migrate
+from settlement.database import create_database, drop_database
+from settlement.rows import (AUDIT_COLUMNS, ORDER_COLUMNS, TRADE_COLUMNS, TRANSFER_COLUMNS,
+                             BatchBuilder)
 
 ASSETS = [Asset("BTC", 8), Asset("ETH", 8), Asset("USDT", 6)]
 INSTRUMENTS = [
@@ -58,6 +55,9 @@ _MID = {"BTC-USDT": 3_000_000, "ETH-USDT": 200_000}
 # as a server does between socket reads; without it the writer's I/O could not
 # overlap the producer at all.
 YIELD_EVERY_COMMANDS = 64
+BATCH_EVENTS = 10_000          # the writer's batch_events_max here (--batch-events)
+FLUSH_MS = 20                  # flush_interval_ms (--flush-ms)
+PIPELINE_DEPTH = 2             # batch transactions in flight (--pipeline-depth)
 _LOTS = {"BTC-USDT": 20, "ETH-USDT": 200}
 
 
@@ -218,8 +218,10 @@ async def ceiling(url: str, commands, boundaries: list[int], asset_ids_from: str
 
 
 async def paced_lag(url: str, commands, trades: int, rate: float, seconds: float,
-                    batch_events_max: int, flush_ms: float, pipeline_depth: int, assets):
-    """Replay commands paced so trades arrive at ``rate``/s; lag per command."""
+                    batch_events_max: int, flush_ms: float, pipeline_depth: int, assets,
+                    percentiles=(50, 99)):
+    """Replay commands paced so trades arrive at ``rate``/s; lag per command
+    (``percentiles_ms``: the lag at each of ``percentiles``)."""
     commands_per_s = rate * len(commands) / trades
     n = min(len(commands), int(commands_per_s * seconds))
     put_at = [0.0] * (n + 2)
@@ -257,8 +259,55 @@ async def paced_lag(url: str, commands, trades: int, rate: float, seconds: float
         "achieved_trades_per_s": count_trades(commands[:n]) / produce_s,
         "p50_ms": 1000 * lags[len(lags) // 2], "p99_ms": 1000 * lags[int(len(lags) * 0.99)],
         "max_ms": 1000 * lags[-1], "batches": writer.stats.batches,
+        "percentiles_ms": {q: 1000 * lags[min(len(lags) - 1, int(len(lags) * q / 100))]
+                           for q in percentiles},
         "mean_batch_events": writer.stats.events / max(1, writer.stats.batches),
     }
+
+
+async def throughput_and_ceiling(server_url: str, made: list[str], commands, assets,
+                                 batch_events_max: int, flush_ms: float, pipeline_depth: int):
+    """Two rounds, each a settle run and a ceiling run into fresh databases,
+    interleaved so that a machine getting slower or faster during the run (it
+    is shared) hits both sides alike; the best of each side counts.
+    {settle_s, stats, ceiling_s, rows}: the writer's best time and stats, the
+    raw COPY's best time for the same rows."""
+    settle_url = None
+    elapsed = raw_s = float("inf")
+    for _ in range(2):
+        url = await fresh_db(server_url, made)
+        await checkpoint(server_url)
+        run_s, run_stats, boundaries = await settle_throughput(url, commands, batch_events_max,
+                                                               flush_ms, pipeline_depth, assets)
+        if run_s < elapsed:
+            elapsed, stats = run_s, run_stats
+        if settle_url is None:
+            settle_url = url            # kept: the ceiling reads its asset ids
+        else:
+            await drop_all(server_url, made[-1:])
+            del made[-1]
+        ceiling_url = await fresh_db(server_url, made)
+        await checkpoint(server_url)
+        run_s, raw_rows = await ceiling(ceiling_url, commands, boundaries, settle_url)
+        assert raw_rows == run_stats.rows, (raw_rows, run_stats.rows)
+        raw_s = min(raw_s, run_s)
+        await drop_all(server_url, made[-1:])
+        del made[-1]
+    return {"settle_s": elapsed, "stats": stats, "ceiling_s": raw_s, "rows": raw_rows}
+
+
+async def lag_at(server_url: str, made: list[str], commands, trades: int, rate: float,
+                 seconds: float, batch_events_max: int, flush_ms: float, pipeline_depth: int,
+                 assets, percentiles=(50, 99)) -> dict:
+    """``paced_lag`` at ``rate`` trades/s into a fresh database, dropped after."""
+    url = await fresh_db(server_url, made)
+    await checkpoint(server_url)
+    try:
+        return await paced_lag(url, commands, trades, rate, seconds, batch_events_max, flush_ms,
+                               pipeline_depth, assets, percentiles)
+    finally:
+        await drop_all(server_url, made[-1:])
+        del made[-1]
 
 
 # ---------------------------------------------------------------- main
@@ -285,31 +334,11 @@ async def main_async(args) -> int:
     print(f"flow {args.flow}: {len(commands):,} commands, {events:,} events, {trades:,} trades "
           f"(engine {time.perf_counter() - t:.1f}s, not measured below)")
     try:
-        # Two rounds, each a settle run and a ceiling run into fresh databases,
-        # interleaved so that a machine getting slower or faster during the run
-        # (it is shared) hits both sides alike; the best of each side counts.
-        settle_url = None
-        elapsed = raw_s = float("inf")
-        for _ in range(2):
-            url = await fresh_db(server_url, made)
-            await checkpoint(server_url)
-            run_s, run_stats, boundaries = await settle_throughput(url, commands, args.batch_events,
-                                                                   args.flush_ms,
-                                                                   args.pipeline_depth, assets)
-            if run_s < elapsed:
-                elapsed, stats = run_s, run_stats
-            if settle_url is None:
-                settle_url = url            # kept: the ceiling reads its asset ids
-            else:
-                await drop_all(server_url, made[-1:])
-                del made[-1]
-            ceiling_url = await fresh_db(server_url, made)
-            await checkpoint(server_url)
-            run_s, raw_rows = await ceiling(ceiling_url, commands, boundaries, settle_url)
-            assert raw_rows == run_stats.rows, (raw_rows, run_stats.rows)
-            raw_s = min(raw_s, run_s)
-            await drop_all(server_url, made[-1:])
-            del made[-1]
+        measured = await throughput_and_ceiling(server_url, made, commands, assets,
+                                                args.batch_events, args.flush_ms,
+                                                args.pipeline_depth)
+        elapsed, stats = measured["settle_s"], measured["stats"]
+        raw_s, raw_rows = measured["ceiling_s"], measured["rows"]
         settle_rows_s = stats.rows / elapsed
         print(f"settle:  {elapsed:6.2f}s  {trades / elapsed:10,.0f} trades/s  "
               f"{settle_rows_s:10,.0f} rows/s  {stats.events / elapsed:10,.0f} events/s  "
@@ -323,12 +352,8 @@ async def main_async(args) -> int:
               f"is {ceiling_rows_s / (stats.rows / trades):,.0f} trades/s")
         p99_at_target = None
         for rate in args.rates:
-            lag_url = await fresh_db(server_url, made)
-            await checkpoint(server_url)
-            lag = await paced_lag(lag_url, commands, trades, rate, args.lag_seconds,
-                                  args.batch_events, args.flush_ms, args.pipeline_depth, assets)
-            await drop_all(server_url, made[-1:])
-            del made[-1]
+            lag = await lag_at(server_url, made, commands, trades, rate, args.lag_seconds,
+                               args.batch_events, args.flush_ms, args.pipeline_depth, assets)
             print(f"lag at {rate:>8,.0f} trades/s: achieved {lag['achieved_trades_per_s']:8,.0f} "
                   f"over {lag['seconds']:.1f}s, {lag['batches']} batches of "
                   f"{lag['mean_batch_events']:5.0f} events: p50 {lag['p50_ms']:7.1f} ms  "
@@ -357,9 +382,9 @@ def main(argv=None) -> int:
                    help="paced producer rates in trades/s, comma separated; the first is the "
                         "target (default 20000); e.g. 20000,15000,10000,5000 for a sweep")
     p.add_argument("--lag-seconds", type=float, default=8.0)
-    p.add_argument("--batch-events", type=int, default=10_000, help="batch_events_max")
-    p.add_argument("--flush-ms", type=float, default=20, help="flush_interval_ms")
-    p.add_argument("--pipeline-depth", type=int, default=2,
+    p.add_argument("--batch-events", type=int, default=BATCH_EVENTS, help="batch_events_max")
+    p.add_argument("--flush-ms", type=float, default=FLUSH_MS, help="flush_interval_ms")
+    p.add_argument("--pipeline-depth", type=int, default=PIPELINE_DEPTH,
                    help="batch transactions in flight (the writer's pipeline_depth)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--no-uvloop", dest="uvloop", action="store_false")

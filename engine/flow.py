@@ -18,9 +18,20 @@ Mixes (``MIXES``: shares of the drawn commands):
 - ``ledger``: ``full`` with more adjustments and some invalid commands
   (rejected, still a seq).  By default on the cross markets (BTC-USDT,
   ETH-USDT, ETH-BTC) with 24 accounts, so self-trade prevention fires, and
-  no prefill: the settlement tests' flow.
+  no prefill: the settlement tests' flow;
+- ``cancel_heavy``: 45% GTC, 5% IOC, 45% cancel, 5% move: orders mostly die
+  unfilled;
+- ``sweep``: 80% GTC, 19% cancel, 1% sweeps: market orders of
+  ``SWEEP_LOTS`` times the usual size, each eating ~60 resting orders on
+  ~18 price levels while the GTC orders refill the book;
+- ``peers``: 60% GTC, 37% cancel, 3% market orders by quantity: only what
+  every other matching engine supports (benchmarks/peers/).
 The other mixes default to the USDT markets (``market_config``), 1000
-accounts and 2000 prefill orders per symbol.
+accounts and 2000 prefill orders per symbol; ``sweep`` and ``peers`` also to
+``sides_apart`` (buys from even accounts, sells from odd ones, so no order
+meets its own account and self-trade prevention never cuts a sweep short).
+Market orders of the ``market_lots`` and ``sweep`` kinds are by quantity; a
+buy carries a protection cap of twice the mid, which no resting order reaches.
 """
 from __future__ import annotations
 
@@ -46,9 +57,14 @@ MIXES = {
     "ledger": {"gtc": 30, "ioc": 5, "fok": 2, "post_only": 4, "market": 4, "stop": 4,
                "cancel": 12, "move": 25, "reduce": 5, "deposit": 3, "withdraw": 3, "adjust": 4,
                "halt": 0.1, "resume": 1.9, "invalid": 2},
+    "cancel_heavy": {"gtc": 45, "ioc": 5, "cancel": 45, "move": 5},
+    "sweep": {"gtc": 80, "cancel": 19, "sweep": 1},
+    "peers": {"gtc": 60, "cancel": 37, "market_lots": 3},
 }
 # (accounts, symbols, prefill per symbol, markets) when the caller gives None
 _DEFAULTS = {"ledger": (24, None, 0, "cross")}
+_SIDES_APART = ("sweep", "peers")    # mixes whose sides_apart defaults to True
+SWEEP_LOTS = 60                # a sweep is this many times an ordinary order's size
 _DEFAULT = (1000, None, 2000, "usdt")
 
 GTC_CROSS_SHARE = 0.10         # of GTC orders priced through the mid (they trade)
@@ -160,7 +176,8 @@ class Flow:
 
     def __init__(self, mix: str = "full", seed: int = 1, *, accounts: int | None = None,
                  symbols: int | None = None, prefill: int | None = None,
-                 markets: str | None = None, engine=None, oracle_book: str = "auto"):
+                 markets: str | None = None, engine=None, oracle_book: str = "auto",
+                 sides_apart: bool | None = None):
         if mix not in MIXES:
             raise ValueError(f"unknown mix {mix!r}: one of {', '.join(sorted(MIXES))}")
         d_accounts, d_symbols, d_prefill, d_markets = _DEFAULTS.get(mix, _DEFAULT)
@@ -168,8 +185,9 @@ class Flow:
         self.accounts = d_accounts if accounts is None else accounts
         self.markets = d_markets if markets is None else markets
         prefill = d_prefill if prefill is None else prefill
-        if self.accounts < 1 or prefill < 0:
-            raise ValueError("accounts must be >= 1 and prefill >= 0")
+        self.sides_apart = mix in _SIDES_APART if sides_apart is None else sides_apart
+        if self.accounts < 1 or prefill < 0 or (self.sides_apart and self.accounts < 2):
+            raise ValueError("accounts must be >= 1 (2 with sides_apart) and prefill >= 0")
         self.assets, self._ms, self._funding, self._unit = _markets(
             self.markets, d_symbols if symbols is None else symbols)
         self.instruments = [m.instrument for m in self._ms]
@@ -270,6 +288,12 @@ class Flow:
         pick = rng()
         extra = self._rng.getrandbits(30)
 
+        if self.sides_apart:      # buys from even account offsets, sells from odd ones
+            k = a - FIRST_USER_ACCOUNT
+            k -= k % 2
+            if sd == "sell":
+                k = k + 1 if k + 1 < self.accounts else k - 1
+            a = FIRST_USER_ACCOUNT + k
         mid = self._mids[s]
         if walk_u < WALK_SHARE:
             mid = max(market.mid_ticks // 2, mid - 1)
@@ -313,6 +337,10 @@ class Flow:
                 return PlaceOrder(a, self._next_cid(), symbol, sd, type="market", price=mid + off,
                                   qty=q, stp=stp)
             return PlaceOrder(a, self._next_cid(), symbol, sd, type="market", qty=q, stp=stp)
+        if kind in ("market_lots", "sweep"):
+            return PlaceOrder(a, self._next_cid(), symbol, sd, type="market",
+                              qty=q * SWEEP_LOTS if kind == "sweep" else q,
+                              price=2 * mid if sd == "buy" else None)
         if kind == "stop":
             # buy stops above the mid, sell stops below: they trigger as the price walks
             stop_price = mid + off if sd == "buy" else max(1, mid - off)
@@ -398,11 +426,12 @@ def _price(side: str, mid: int, off: int, cross: bool, bid: int, ask: int) -> in
 
 def generate(mix: str = "exchange_core", n: int = 100_000, seed: int = 1,
              accounts: int | None = None, symbols: int | None = None, prefill: int | None = None,
-             oracle_book: str = "auto", markets: str | None = None) -> list:
+             oracle_book: str = "auto", markets: str | None = None,
+             sides_apart: bool | None = None) -> list:
     """The setup (deposits, then ``prefill`` resting GTC orders per symbol),
     then ``n`` commands of the mix, run on an oracle engine of its own."""
     flow = Flow(mix, seed, accounts=accounts, symbols=symbols, prefill=prefill, markets=markets,
-                oracle_book=oracle_book)
+                oracle_book=oracle_book, sides_apart=sides_apart)
     return [cmd for cmd, _ in flow.stream(flow.setup_count + n)]
 
 
