@@ -6,6 +6,8 @@
     events = await client.place(account=2, client_order_id="a1", symbol="BTC-USDT",
                                 side="buy", price="20000.00", qty="0.5")
     async for report in client.reports(): ...
+    book = await client.subscribe("BTC-USDT", depth=20)     # market data: a local L2 book
+    async for message in client.market_data(): ...          # snapshots, updates, resyncs
     await client.close()
 
 Every command method returns the engine's events for that command (a reject
@@ -14,8 +16,11 @@ connection raises ``ClientError``.  Prices, quantities and amounts are taken
 as ``Decimal`` or ``str`` (converted through the instruments and assets the
 server sent in its welcome) or as exact ints (ticks, lots, minor units);
 floats are refused.  Requests are pipelined: many may be in flight on one
-connection, and replies resolve them by request id.  This module never
-imports the server; it shares only ``engine.service.protocol``.
+connection, and replies resolve them by request id.  Market data keeps a
+``LocalBook`` per subscribed symbol from the snapshot and the updates, checks
+that sequence numbers are contiguous and asks for a fresh snapshot when they
+are not (or after the server's resync).  This module never imports the
+server; it shares only ``engine.service.protocol``.
 """
 from __future__ import annotations
 
@@ -26,9 +31,10 @@ from .messages import (Adjust, CancelOrder, Deposit, Halt, PlaceOrder, ReplaceOr
                        Withdraw)
 from .service import protocol as P
 
-__all__ = ["Client", "ClientError"]
+__all__ = ["Client", "ClientError", "LocalBook"]
 
 REPORT_QUEUE_MAX = 100_000      # reports buffered while nobody iterates reports()
+MARKET_DATA_QUEUE_MAX = 100_000     # market-data messages buffered for market_data()
 
 
 class ClientError(Exception):
@@ -58,6 +64,49 @@ class _Protocol(asyncio.Protocol):
         self.client._lost(exc)
         if not self.client._gone.done():
             self.client._gone.set_result(None)
+
+
+class LocalBook:
+    """One symbol's book as this client's market data has it: ``bids`` and
+    ``asks`` as [(price ticks, qty lots)] best first, up to ``depth`` levels,
+    at market-data ``seq``.  ``synced`` is False between a resync or a gap
+    and the fresh snapshot (the levels are then the last good ones)."""
+    __slots__ = ("symbol", "depth", "seq", "halted", "synced", "_bids", "_asks")
+
+    def __init__(self, symbol: str, depth: int):
+        self.symbol = symbol
+        self.depth = depth
+        self.seq = 0
+        self.halted = False
+        self.synced = False
+        self._bids: dict[int, int] = {}
+        self._asks: dict[int, int] = {}
+
+    @property
+    def bids(self) -> list[tuple[int, int]]:
+        return sorted(self._bids.items(), reverse=True)
+
+    @property
+    def asks(self) -> list[tuple[int, int]]:
+        return sorted(self._asks.items())
+
+    def _reset(self, msg) -> None:
+        self._bids = dict(msg.bids)
+        self._asks = dict(msg.asks)
+        self.seq, self.halted, self.synced = msg.seq, msg.halted, True
+
+    def _apply(self, msg) -> None:
+        for side, changes in ((self._bids, msg.bids), (self._asks, msg.asks)):
+            for price, qty in changes:
+                if qty:
+                    side[price] = qty
+                else:
+                    side.pop(price, None)
+        self.seq, self.halted = msg.seq, msg.halted
+
+    def __repr__(self) -> str:
+        return (f"LocalBook({self.symbol!r}, seq={self.seq}, synced={self.synced}, "
+                f"bids={self.bids[:3]}..., asks={self.asks[:3]}...)")
 
 
 class _Collector:
@@ -98,6 +147,9 @@ class Client:
         self._gone: asyncio.Future = asyncio.get_running_loop().create_future()
         self._want_reports = True
         self._reading_paused = False
+        self._books: dict[str, LocalBook] = {}
+        self._market_data: asyncio.Queue = asyncio.Queue()
+        self._subscribing: dict[str, int] = {}     # symbol -> the request id of its Subscribe
         self.gateway_id = ""
         self.last_request_id = 0        # the id of the last request sent (for resend())
         self.last_report_seq = 0        # the last report reports() handed to the application
@@ -109,13 +161,16 @@ class Client:
     @classmethod
     async def connect(cls, host: str = "127.0.0.1", port: int = 7001, *, token: str,
                       gateway_id: str, last_report_seq: int = 0, reports: bool = True,
-                      timeout_s: float = 10.0) -> "Client":
+                      cancel_on_disconnect: bool = False, timeout_s: float = 10.0) -> "Client":
         """Connect and say hello.  ``last_report_seq``: the last execution
         report this gateway processed (the server sends the later ones
         again).  ``reports``: the application consumes ``reports()``; while
         ``REPORT_QUEUE_MAX`` reports wait unread the connection stops reading
         (replies wait too).  ``reports=False``: reports are not kept and
-        count as processed on arrival."""
+        count as processed on arrival.  ``cancel_on_disconnect``: when this
+        connection drops (or closes without ``keep_orders``), the server
+        cancels every open order this gateway placed; the cancels come as
+        reports."""
         self = cls()
         self.gateway_id = gateway_id
         self.last_report_seq = last_report_seq
@@ -125,7 +180,7 @@ class Client:
         await asyncio.wait_for(loop.create_connection(lambda: _Protocol(self), host, port),
                                timeout_s)
         self._transport.write(P.encode_frame(P.Hello(gateway_id, token, P.PROTOCOL_VERSION,
-                                                     last_report_seq)))
+                                                     last_report_seq, cancel_on_disconnect)))
         welcome = await asyncio.wait_for(self._welcome, timeout_s)
         self.welcome = welcome
         self._next_id = welcome.last_request_id + 1
@@ -134,13 +189,14 @@ class Client:
         self.instruments = {i.symbol: i for i in welcome.instruments}
         return self
 
-    async def close(self, timeout_s: float = 10.0) -> None:
+    async def close(self, timeout_s: float = 10.0, *, keep_orders: bool = False) -> None:
         """A clean close: the server answers everything sent before it, then
         closes the connection; requests still unanswered after ``timeout_s``
-        fail with ClientError."""
+        fail with ClientError.  ``keep_orders``: a cancel-on-disconnect
+        session keeps its open orders (without it they are cancelled)."""
         if self._transport is not None and not self._transport.is_closing():
             self._flush()
-            self._transport.write(P.encode_frame(P.Bye()))
+            self._transport.write(P.encode_frame(P.Bye(keep_orders)))
             if self._reading_paused:
                 self._transport.resume_reading()
             try:
@@ -157,6 +213,10 @@ class Client:
     # ------------------------------------------------------------------ plumbing
     def _dispatch(self, msg) -> None:
         t = type(msg)
+        if t is P.BookUpdate or t is P.BookSnapshot or t is P.MarketDataResync:
+            self._market(msg, t)
+            if t is not P.BookSnapshot or not msg.request_id:
+                return
         if t is P.Report:
             if not self._want_reports:
                 self.last_report_seq = msg.report_seq
@@ -192,6 +252,45 @@ class Client:
             if not fut.done():
                 fut.set_exception(self._closed_error)
         self._reports.put_nowait(None)          # ends reports()
+        self._market_data.put_nowait(None)      # ends market_data()
+
+    def _market(self, msg, t) -> None:
+        """Keep the local book; queue the message for market_data()."""
+        book = self._books.get(msg.symbol)
+        if book is None:
+            return                              # unsubscribed: late messages
+        if t is P.BookUpdate:
+            if not book.synced:
+                return                          # a snapshot is on its way
+            if msg.seq != book.seq + 1:
+                book.synced = False
+                self._resubscribe(book)
+                msg = P.MarketDataResync(book.symbol, P.RESYNC_GAP)
+            else:
+                book._apply(msg)
+        elif t is P.BookSnapshot:
+            waiting = self._subscribing.get(msg.symbol)
+            if waiting is not None:
+                if msg.request_id != waiting:
+                    return                      # not the answer to the latest Subscribe
+                del self._subscribing[msg.symbol]
+            book._reset(msg)
+        else:
+            book.synced = False                 # the server sends a snapshot once we read
+        queue = self._market_data
+        if queue.qsize() >= MARKET_DATA_QUEUE_MAX:  # nobody reads market_data(): drop, say so
+            while not queue.empty():
+                queue.get_nowait()
+            for symbol in self._books:
+                queue.put_nowait(P.MarketDataResync(symbol, P.RESYNC_CLIENT_QUEUE_FULL))
+        queue.put_nowait(msg)
+
+    def _resubscribe(self, book: LocalBook) -> None:
+        if self._closed_error is not None:
+            return
+        fut = self._send(lambda rid: P.Subscribe(rid, book.symbol, book.depth))
+        self._subscribing[book.symbol] = self.last_request_id
+        fut.add_done_callback(_ignore_result)
 
     def _write(self, frame: bytes) -> None:
         """Queue a frame; the frames of one loop iteration leave in one write."""
@@ -257,6 +356,66 @@ class Client:
         self._pending[request_id] = fut
         self._write(P.encode_frame(P.Request(request_id, command)))
         return (await fut).events
+
+    # ------------------------------------------------------------------ market data
+    async def subscribe(self, symbol: str, depth: int = 20) -> LocalBook:
+        """Subscribe to ``symbol``'s market data, up to ``depth`` levels a
+        side; returns its ``LocalBook`` once the snapshot is in (then kept
+        current from the updates).  Subscribing again replaces the
+        subscription.  Refusals (``unknown_symbol``, ``bad_depth``) raise
+        ClientError."""
+        book = LocalBook(symbol, depth)
+        previous = self._books.get(symbol)
+        self._books[symbol] = book
+        fut = self._send(lambda rid: P.Subscribe(rid, symbol, depth))
+        self._subscribing[symbol] = self.last_request_id
+        try:
+            await fut
+        except ClientError:
+            if self._books.get(symbol) is book:
+                if previous is not None and self._closed_error is None:
+                    self._books[symbol] = previous      # the old subscription stands
+                    previous.synced = False
+                    self._resubscribe(previous)
+                else:
+                    self._books.pop(symbol, None)
+                    self._subscribing.pop(symbol, None)
+            raise
+        return book
+
+    async def unsubscribe(self, symbol: str) -> None:
+        """No more market data for ``symbol``; its local book goes."""
+        self._books.pop(symbol, None)
+        self._subscribing.pop(symbol, None)
+        await self._send(lambda rid: P.Unsubscribe(rid, symbol))
+
+    def book(self, symbol: str) -> LocalBook | None:
+        """The local book of a subscribed symbol (None when not subscribed)."""
+        return self._books.get(symbol)
+
+    async def market_data(self):
+        """Market-data messages as they arrive, until the connection closes:
+        ``BookSnapshot``, ``BookUpdate`` and ``MarketDataResync`` (from the
+        server, or made here for a gap or a full queue).  The local books
+        are kept whether or not this is read."""
+        while True:
+            msg = await self._market_data.get()
+            if msg is None:
+                self._market_data.put_nowait(None)
+                return
+            yield msg
+
+    def market_data_nowait(self) -> list:
+        """The market-data messages that have arrived and not been read."""
+        out = []
+        queue = self._market_data
+        while not queue.empty():
+            msg = queue.get_nowait()
+            if msg is None:
+                queue.put_nowait(None)
+                break
+            out.append(msg)
+        return out
 
     async def reports(self):
         """Execution reports (``protocol.Report``) as they arrive, until the
@@ -371,3 +530,8 @@ class Client:
         """(assets, instruments) as the server has them."""
         reply = await self._send(lambda rid: P.QueryMarkets(rid))
         return reply.assets, reply.instruments
+
+
+def _ignore_result(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()

@@ -47,3 +47,14 @@ def test_bench_service_prints_every_table(capsys, pg_server_url):
     assert re.search(r"^restart to serving after 3,000 commands: [\d.]+ s .* [\d.]+ s ", out,
                      re.M), out
     assert re.search(r"^exchange replay of 3,000 commands: [\d,]+ commands/s", out, re.M), out
+
+
+def test_bench_market_data_prints_every_row(capsys):
+    from benchmarks import bench_market_data
+    bench_market_data.main(["-n", "2000", "--subscribers", "0,2", "--silent", "1",
+                            "--repeat", "1", "--window", "200"])
+    out = capsys.readouterr().out
+    rows = re.findall(r"^ +(\d+) +(\d+) +[\d,]+ +[\d.]+ +([\d,]+) ", out, re.M)
+    assert [(n, s) for n, s, _ in rows] == [("0", "0"), ("2", "0"), ("2", "1")], out
+    assert rows[0][2] == "0" and int(rows[1][2].replace(",", "")) > 0, out
+    assert re.search(r"^fairness: .* = [\d.]+ ", out, re.M), out

@@ -105,6 +105,13 @@ class ServerConfig(_Section):
     # reports kept per gateway until a hello acknowledges them
     report_retention_max: Annotated[int, msgspec.Meta(ge=0)] = 100_000
     request_window: Annotated[int, msgspec.Meta(ge=1)] = 10_000   # replies kept per gateway
+    # market data is sent to a connection only while its unsent bytes are below this
+    market_data_buffer_bytes_max: Annotated[int, msgspec.Meta(ge=4096)] = 1024 * 1024
+    market_data_depth_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000   # levels a side
+    # a subscriber still over the market-data limit this long after its resync is disconnected
+    market_data_stall_ms_max: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    # under load, market data is written to a connection at most once per interval (0: every turn)
+    market_data_flush_interval_ms: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 10
     sessions: tuple[SessionConfig, ...] = ()
 
 
@@ -231,6 +238,11 @@ class _Checker:
         if server.outbound_bytes_max < server.frame_bytes_max:
             self.fail("server.outbound_bytes_max", f"{server.outbound_bytes_max} is less than "
                       f"server.frame_bytes_max ({server.frame_bytes_max}): one frame must fit")
+        if server.market_data_buffer_bytes_max >= server.outbound_bytes_max:
+            self.fail("server.market_data_buffer_bytes_max",
+                      f"{server.market_data_buffer_bytes_max} is not below "
+                      f"server.outbound_bytes_max ({server.outbound_bytes_max}): market data "
+                      "must stop before replies are dropped")
         if not server.sessions:
             self.fail("server.sessions", "no sessions: add at least one [[server.sessions]] "
                       "with a token and a role")

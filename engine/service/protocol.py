@@ -9,6 +9,8 @@ it never reads a socket and never touches the engine.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from ..domain import INT64_MAX, Asset, Instrument
@@ -29,6 +31,7 @@ ERR_UNKNOWN_SYMBOL = "unknown_symbol"            # a query for a symbol the engi
 ERR_REQUEST_ID_REUSED = "request_id_reused"      # a remembered request id with another command
 ERR_JOURNAL_WRITE_FAILED = "journal_write_failed"  # not journaled (disk full, I/O): not applied
 ERR_OUTCOME_UNKNOWN = "outcome_unknown"          # the journal broke mid-write: resend after restart
+ERR_BAD_DEPTH = "bad_depth"                      # a subscription depth not an int in 1..the maximum
 # connection level: an Error frame, then the connection is closed
 ERR_HELLO_REQUIRED = "hello_required"            # the first frame was not a Hello (or a second Hello)
 ERR_BAD_TOKEN = "bad_token"
@@ -36,11 +39,15 @@ ERR_BAD_VERSION = "bad_version"
 ERR_BAD_GATEWAY_ID = "bad_gateway_id"            # empty, too long, or not the one the token is bound to
 ERR_MALFORMED = "malformed_frame"                # not msgpack, an unknown tag, wrong field types
 ERR_FRAME_TOO_LARGE = "frame_too_large"
-ERR_SLOW_READER = "slow_reader"                  # replies not read past the outbound limit
+ERR_SLOW_READER = "slow_reader"                  # replies (or market data, for too long) not read
 ERR_TOO_MANY_CONNECTIONS = "too_many_connections"
 ERR_TOO_MANY_GATEWAYS = "too_many_gateways"     # the server keeps state for a bounded number
 
 GATEWAY_ID_MAX = 64     # characters
+# MarketDataResync reasons
+RESYNC_SLOW_READER = "slow_reader"   # the server stopped sending: a snapshot follows once read
+RESYNC_GAP = "gap"                   # (client side) a sequence gap: a fresh snapshot was asked for
+RESYNC_CLIENT_QUEUE_FULL = "client_queue_full"  # (client side) unread messages were dropped
 
 
 class _Wire(msgspec.Struct, tag=True, array_like=True, frozen=True, gc=False):
@@ -56,6 +63,7 @@ class Hello(_Wire):
     token: str
     version: int
     last_report_seq: int = 0
+    cancel_on_disconnect: bool = False    # cancel this gateway's open orders when the connection drops
 
 
 class Request(_Wire):
@@ -90,14 +98,35 @@ class QueryMarkets(_Wire):
     request_id: int
 
 
+class Subscribe(_Wire):
+    """Market data for ``symbol``: a ``BookSnapshot`` (answering this
+    request id) of up to ``depth`` levels a side, then ``BookUpdate``s.
+    Subscribing again replaces the subscription (and sends a fresh snapshot).
+    ``depth`` is checked by the server (an int in 1..the configured maximum),
+    so a wrong one is a ``bad_depth`` error, not a closed connection."""
+    request_id: int
+    symbol: str
+    depth: Any = 20
+
+
+class Unsubscribe(_Wire):
+    """Stop the market data of ``symbol``; answered by ``Unsubscribed``
+    (also when there was no subscription), after which none is sent."""
+    request_id: int
+    symbol: str
+
+
 class Bye(_Wire):
     """A clean close: the server closes the connection after replying to
-    everything sent before it."""
+    everything sent before it.  ``keep_orders``: a session that asked for
+    cancel-on-disconnect keeps its open orders (otherwise a Bye cancels them
+    too, as a dropped connection does)."""
+    keep_orders: bool = False
 
 
 Query = QueryBalances | QueryOpenOrders | QueryOrder | QueryDepth | QueryMarkets
 ClientMessage = Hello | Request | QueryBalances | QueryOpenOrders | QueryOrder | QueryDepth \
-    | QueryMarkets | Bye
+    | QueryMarkets | Subscribe | Unsubscribe | Bye
 
 
 # ---------------------------------------------------------------- server -> gateway
@@ -187,8 +216,56 @@ class MarketsReply(_Wire):
     instruments: list[Instrument]
 
 
+# ---------------------------------------------------------------- market data
+class PublicTrade(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A trade as the market sees it: no accounts, no order ids, no fees."""
+    trade_id: int
+    price: int          # ticks
+    qty: int            # lots
+    taker_side: str     # "buy" | "sell"
+
+
+class BookSnapshot(_Wire):
+    """The whole view of a subscription: up to its depth of levels a side,
+    best first, as (price ticks, total qty lots), at market-data ``seq`` of
+    the symbol.  ``request_id``: the Subscribe it answers (0: a fresh
+    snapshot after a resync)."""
+    request_id: int
+    symbol: str
+    seq: int
+    bids: list[tuple[int, int]]
+    asks: list[tuple[int, int]]
+    halted: bool
+
+
+class BookUpdate(_Wire):
+    """One loop turn's changes to a subscription's view, at ``seq`` (the
+    previous message's seq + 1): per changed level its new total (0: the
+    level left the view), the turn's public trades in order (never
+    conflated), and whether the symbol is halted."""
+    symbol: str
+    seq: int
+    bids: list[tuple[int, int]]
+    asks: list[tuple[int, int]]
+    trades: list[PublicTrade]
+    halted: bool
+
+
+class MarketDataResync(_Wire):
+    """The server stopped sending this symbol's market data to a slow reader
+    (``reason``): drop the local book; a ``BookSnapshot`` follows once the
+    connection's buffer drains."""
+    symbol: str
+    reason: str
+
+
+class Unsubscribed(_Wire):
+    request_id: int
+    symbol: str
+
+
 ServerMessage = Welcome | Reply | Report | Error | BalancesReply | OrdersReply | DepthReply \
-    | MarketsReply
+    | MarketsReply | BookSnapshot | BookUpdate | MarketDataResync | Unsubscribed
 
 
 # ---------------------------------------------------------------- framing

@@ -6,8 +6,14 @@ decoded; the turn's commands are checked (role, accounts, request ids),
 journaled in one write (and fsynced per policy), applied in order, and each
 connection's replies leave in one write -- only after the journal holds their
 commands.  Execution reports go to the gateways whose resting orders were
-touched, or wait for their next hello.  Events go to the settlement writer
-through a bounded backlog; while it is full the server stops reading sockets.
+touched, or wait for their next hello.  Market data (engine.service.
+market_data) is published after the turn's commands, and only to connections
+whose unsent bytes are below a limit: a slow reader loses market data first
+(a resync notice, then a fresh snapshot once it drains), never replies.  A
+session that asked for cancel-on-disconnect has its open orders cancelled,
+through the journal, when its connection drops.  Events go to the settlement
+writer through a bounded backlog; while it is full the server stops reading
+sockets.
 Recovery is the newest snapshot plus the journal's tail (engine.service.
 recovery).  This module owns sockets and the loop; the bookkeeping is
 engine.service.state, the formats engine.service.protocol and .journal.
@@ -30,6 +36,7 @@ from ..messages import Adjust, CancelOrder, Deposit, Halt, PlaceOrder, ReplaceOr
 from . import protocol as P
 from .config import ROLES
 from .journal import JournalRecord, JournalWriteError
+from .market_data import MarketData
 from .recovery import Recovered, newest_at_or_below, recover
 from .state import REUSED
 
@@ -47,6 +54,22 @@ GC_THRESHOLD_YOUNG = 50_000             # allocations between young collections 
 CONNECTIONS_MAX = 1_000                 # open connections; more are closed at once
 GATEWAYS_MAX = 10_000                   # gateway ids with state (replies, reports) kept
 HELLO_TIMEOUT_S = 10.0                  # a connection that has not said hello by then is closed
+MD_DRAIN_POLL_S = 0.05                  # how often a resynced subscriber's buffer is looked at
+CLOSE_LINGER_S = 5.0                    # a closed slow reader's last bytes wait this long, then abort
+# the journal's gateway id of the cancels the server sends for a dropped session
+# (a real gateway id is "<12 hex digits>:<name>", so this one can never be claimed)
+CANCEL_ON_DISCONNECT_GATEWAY = "server:cancel_on_disconnect"
+
+_KIND_COMMAND, _KIND_FRAME, _KIND_QUERY, _KIND_BYE, _KIND_CANCEL, _KIND_MARKET_DATA = range(6)
+
+
+class _CancelOnDisconnect:
+    """A pending item: cancel these orders of a gateway whose connection dropped."""
+    __slots__ = ("gateway_id", "order_ids")
+
+    def __init__(self, gateway_id: str, order_ids: list[int]):
+        self.gateway_id = gateway_id
+        self.order_ids = order_ids
 
 
 class _Connection(asyncio.Protocol):
@@ -59,8 +82,16 @@ class _Connection(asyncio.Protocol):
         self.session = None             # the SessionConfig, after a good hello
         self.gateway_id = None
         self.closed = False
+        self.lost = False               # the transport is gone
         self.out: list[bytes] = []      # frames of the current turn
         self.out_bytes = 0
+        self.md_out: list[bytes] = []   # market data not yet written (written before ``out``)
+        self.md_out_bytes = 0
+        self.cancel_on_disconnect = False   # armed by the hello; disarmed by a Bye(keep_orders)
+        self.md_stalled = False         # market data stopped (resync sent) until the buffer drains
+        self.md_stalled_at = 0.0        # loop time of the stall
+        self.md_timer = None            # the stall's drain poll
+        self.md_deferred: dict[str, int] = {}   # symbol -> subscribe request id, while stalled
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -73,6 +104,8 @@ class _Connection(asyncio.Protocol):
         server.connections.add(self)
         if server.reading_paused:
             transport.pause_reading()
+        md_max = server.market_data_buffer_bytes_max
+        transport.set_write_buffer_limits(high=md_max, low=md_max // 4)
         asyncio.get_running_loop().call_later(HELLO_TIMEOUT_S, self._hello_due)
 
     def _hello_due(self) -> None:
@@ -81,9 +114,25 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
+        self.lost = True
         self.server.connections.discard(self)
         if self.gateway_id is not None and self.server.gateway_conn.get(self.gateway_id) is self:
             del self.server.gateway_conn[self.gateway_id]
+        self._gone()
+
+    def _gone(self) -> None:
+        """The session ends: its subscriptions go; cancel-on-disconnect fires once."""
+        server = self.server
+        server.md.drop(self)
+        if self.cancel_on_disconnect:
+            self.cancel_on_disconnect = False
+            server.cancel_on_disconnect(self.gateway_id)
+
+    def resume_writing(self) -> None:
+        """The buffer drained below the low-water mark: market data again
+        (in a callback of its own: snapshots are taken between turns)."""
+        if self.md_stalled and not self.closed:
+            asyncio.get_running_loop().call_soon(self.server.md_resume, self)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -121,14 +170,19 @@ class _Connection(asyncio.Protocol):
 
     def flush(self) -> None:
         out, self.out, self.out_bytes = self.out, [], 0
+        if self.md_out:                 # earlier turns' market data goes first
+            out = self.md_out + out
+            self.md_out, self.md_out_bytes = [], 0
         if out and not self.closed:
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])
             if self.transport.get_write_buffer_size() > self.server.outbound_bytes_max:
                 self.fail(P.ERR_SLOW_READER, "replies not read: outbound buffer full",
                           abort=True)
 
-    def fail(self, reason: str, detail: str = "", *, abort: bool = False) -> None:
-        """A protocol error: an Error frame, then close; nothing else is read."""
+    def fail(self, reason: str, detail: str = "", *, abort: bool = False,
+             linger_s: float | None = None) -> None:
+        """A protocol error: an Error frame, then close; nothing else is read.
+        ``linger_s``: abort if the peer has not read up to the close by then."""
         if self.closed:
             return
         self.closed = True
@@ -138,9 +192,16 @@ class _Connection(asyncio.Protocol):
         else:
             self.transport.write(P.encode_frame(P.Error(0, reason, detail)))
             self.transport.close()
+            if linger_s is not None:
+                asyncio.get_running_loop().call_later(linger_s, self._abort_if_open)
         self.server.connections.discard(self)
         if self.gateway_id is not None and self.server.gateway_conn.get(self.gateway_id) is self:
             del self.server.gateway_conn[self.gateway_id]
+        self._gone()
+
+    def _abort_if_open(self) -> None:
+        if not self.lost:
+            self.transport.abort()
 
 
 class Server:
@@ -154,6 +215,13 @@ class Server:
         s = config.server
         self.frame_bytes_max = s.frame_bytes_max
         self.outbound_bytes_max = s.outbound_bytes_max
+        self.market_data_buffer_bytes_max = s.market_data_buffer_bytes_max
+        self.market_data_stall_s = s.market_data_stall_ms_max / 1000
+        self.market_data_flush_interval_s = s.market_data_flush_interval_ms / 1000
+        self._md_waiting: set[_Connection] = set()     # connections with market data unwritten
+        self._md_flushed_at = 0.0
+        self._md_timer = None
+        self.md: MarketData | None = None
         self.sessions = s.sessions
         self.state = None
         self.journal = None
@@ -187,6 +255,7 @@ class Server:
                                              database_url=self.database_url)
         self.state, self.journal, self.snapshots, self.writer = (
             rec.state, rec.journal, rec.snapshots, rec.writer)
+        self.md = MarketData(self.state.engine, depth_max=self.config.server.market_data_depth_max)
         self._last_snapshot_seq = rec.snapshot_seq
         _settle_garbage_collector()
         if self.writer is not None:
@@ -230,6 +299,8 @@ class Server:
         self._listener = None
         if self.failure is None:
             self._turn()                        # the commands already read
+        if self._md_timer is not None:
+            self._md_timer.cancel()
         for conn in list(self.connections):
             conn.flush()
             conn.transport.close()
@@ -298,8 +369,10 @@ class Server:
             return False
         old = self.gateway_conn.get(gid)
         if old is not None:
+            old.cancel_on_disconnect = False        # the session goes on, on the new connection
             old.fail(P.ERR_BAD_GATEWAY_ID, "the same gateway_id connected again")
         conn.session, conn.gateway_id = session, gid
+        conn.cancel_on_disconnect = msg.cancel_on_disconnect is True
         self.gateway_conn[gid] = conn
         g = self.state.gateway(gid)
         g.acknowledge(msg.last_report_seq)
@@ -336,7 +409,22 @@ class Server:
         records = []
         plan = []               # (conn, kind, payload) in arrival order
         in_turn: set[tuple[str, int]] = set()      # (gateway, request id) journaled this turn
+        cod_rid = None          # the last request id given to a cancel-on-disconnect command
         for conn, msg, received_ns in items:
+            if conn is None:                            # a dropped session's cancels
+                if cod_rid is None:
+                    cod_rid = state.gateway(CANCEL_ON_DISCONNECT_GATEWAY).last_request_id
+                for order_id in msg.order_ids:
+                    order = state.engine.order(order_id)
+                    if order is None:
+                        continue
+                    seq += 1
+                    cod_rid += 1
+                    command = CancelOrder(order["account"], order_id)
+                    records.append(JournalRecord(seq, CANCEL_ON_DISCONNECT_GATEWAY, cod_rid,
+                                                 received_ns, command))
+                    plan.append((None, _KIND_CANCEL, (cod_rid, command)))
+                continue
             if conn.closed:
                 continue
             t = type(msg)
@@ -347,28 +435,30 @@ class Server:
                     continue
                 refusal = self._refuse(conn.session, msg.command)
                 if refusal is not None:
-                    plan.append((conn, 1, P.encode_frame(P.Error(rid, *refusal))))
+                    plan.append((conn, _KIND_FRAME, P.encode_frame(P.Error(rid, *refusal))))
                     continue
                 g = state.gateway(conn.gateway_id)
                 old = g.reply(rid, msg.command)
                 if old is not None:                     # a resend: the original reply
-                    plan.append((conn, 1, old if old is not REUSED else P.encode_frame(P.Error(
-                        rid, P.ERR_REQUEST_ID_REUSED,
-                        "this request id carried another command: nothing applied"))))
+                    plan.append((conn, _KIND_FRAME, old if old is not REUSED else P.encode_frame(
+                        P.Error(rid, P.ERR_REQUEST_ID_REUSED,
+                                "this request id carried another command: nothing applied"))))
                     continue
                 if rid <= g.last_request_id or (conn.gateway_id, rid) in in_turn:
-                    plan.append((conn, 1, P.encode_frame(P.Error(
+                    plan.append((conn, _KIND_FRAME, P.encode_frame(P.Error(
                         rid, P.ERR_STALE_REQUEST_ID,
                         f"request ids must increase; last was {g.last_request_id}"))))
                     continue
                 seq += 1
                 in_turn.add((conn.gateway_id, rid))
                 records.append(JournalRecord(seq, conn.gateway_id, rid, received_ns, msg.command))
-                plan.append((conn, 0, msg))
+                plan.append((conn, _KIND_COMMAND, msg))
             elif t is P.Bye:
-                plan.append((conn, 3, None))
+                plan.append((conn, _KIND_BYE, msg))
+            elif t is P.Subscribe or t is P.Unsubscribe:
+                plan.append((conn, _KIND_MARKET_DATA, msg))
             else:
-                plan.append((conn, 2, msg))
+                plan.append((conn, _KIND_QUERY, msg))
         journaled, journal_error = True, P.ERR_JOURNAL_WRITE_FAILED
         if records:
             try:
@@ -382,10 +472,13 @@ class Server:
                     self.fail(f"the journal can no longer be written: {exc}")
         reports_out = []
         backlog = self._settle_backlog if self.writer is not None else None
+        md = self.md
+        md_note = md.note if md.active else None    # no subscriber: market data costs nothing
+        md_subscribe = {}       # (conn, symbol) -> (depth, request id): snapshots after the turn
         touched = set()
         for conn, kind, payload in plan:
-            touched.add(conn)
-            if kind == 0:
+            if kind == _KIND_COMMAND:
+                touched.add(conn)
                 rid = payload.request_id
                 if not journaled:
                     conn.send(P.encode_frame(P.Error(rid, journal_error, (
@@ -398,21 +491,48 @@ class Server:
                     backlog.append(events)
                 if reports:
                     reports_out.extend(reports)
-            elif kind == 1:
+                if md_note is not None:
+                    md_note(payload.command, events)
+            elif kind == _KIND_FRAME:
+                touched.add(conn)
                 conn.send(payload)
-            elif kind == 2:
+            elif kind == _KIND_QUERY:
+                touched.add(conn)
                 conn.send(self._answer(conn.session, payload))
+            elif kind == _KIND_MARKET_DATA:
+                touched.add(conn)
+                self._market_data_request(conn, payload, md_subscribe)
+            elif kind == _KIND_CANCEL:
+                if not journaled:
+                    log.error("cancel-on-disconnect of order %d not applied: journal write failed",
+                              payload[1].order_id)
+                    continue
+                events, _, reports = state.apply(CANCEL_ON_DISCONNECT_GATEWAY, *payload)
+                if backlog is not None:
+                    backlog.append(events)
+                if reports:
+                    reports_out.extend(reports)
+                if md_note is not None:
+                    md_note(payload[1], events)
             else:
+                touched.discard(conn)
+                if payload.keep_orders:
+                    conn.cancel_on_disconnect = False
                 conn.flush()
                 conn.closed = True
                 conn.transport.close()
+                conn._gone()
         for gid, frame in reports_out:
             target = self.gateway_conn.get(gid)
             if target is not None:
                 target.send(frame)
                 touched.add(target)
+        if md_note is not None or md_subscribe:
+            self._publish_market_data(md_subscribe, touched)
         for conn in touched:
             conn.flush()
+        if self._md_waiting:
+            self._md_flush_due()
         if backlog is not None and records and journaled:
             self._settle_wake.set()
             if len(backlog) > self.settle_backlog_max:
@@ -421,6 +541,134 @@ class Server:
             self._maybe_resume_reading()
         if state.seq - self._last_snapshot_seq >= self.config.journal.snapshot_every:
             self._snapshot()
+
+    # ------------------------------------------------------------------ market data
+    def _market_data_request(self, conn, msg, md_subscribe: dict) -> None:
+        """A Subscribe is checked now and answered after the turn's updates
+        (its snapshot then shows the state its seq names); an Unsubscribe at once."""
+        md = self.md
+        if type(msg) is P.Unsubscribe:
+            md_subscribe.pop((conn, msg.symbol), None)
+            conn.md_deferred.pop(msg.symbol, None)
+            md.unsubscribe(conn, msg.symbol)
+            conn.send(P.encode_frame(P.Unsubscribed(msg.request_id, msg.symbol)))
+            return
+        refusal = md.check(msg.symbol, msg.depth)
+        if refusal is not None:
+            conn.send(P.encode_frame(P.Error(msg.request_id, *refusal)))
+            return
+        md.unsubscribe(conn, msg.symbol)        # no update of the old depth this turn
+        md_subscribe.pop((conn, msg.symbol), None)
+        md_subscribe[(conn, msg.symbol)] = (msg.depth, msg.request_id)
+
+    def _publish_market_data(self, md_subscribe: dict, touched: set) -> None:
+        """The turn's updates go to each subscriber's market-data queue unless
+        it is behind (then a resync notice, and nothing more until it
+        drains); new subscriptions get their snapshots."""
+        md = self.md
+        limit = self.market_data_buffer_bytes_max
+        waiting = self._md_waiting
+        for frame, subscribers in md.publish():
+            size = len(frame)
+            for conn in subscribers:
+                if conn.md_stalled or conn.closed:
+                    continue
+                if (conn.transport.get_write_buffer_size() + conn.out_bytes + conn.md_out_bytes
+                        + size > limit):
+                    self._md_stall(conn)
+                    continue
+                conn.md_out.append(frame)
+                conn.md_out_bytes += size
+                waiting.add(conn)
+        for (conn, symbol), (depth, rid) in md_subscribe.items():
+            if conn.closed:
+                continue
+            snapshot = md.subscribe(conn, symbol, depth, rid)
+            if conn.md_stalled:                 # it follows the resync's snapshots
+                conn.md_deferred[symbol] = rid
+                continue
+            conn.send(snapshot)
+            touched.add(conn)
+
+    def _md_flush_due(self) -> None:
+        """Write the queued market data now, or, if the last write was less
+        than ``market_data_flush_interval_ms`` ago, then: under load each
+        subscriber costs one write per interval, not one per turn."""
+        loop = asyncio.get_running_loop()
+        due = self._md_flushed_at + self.market_data_flush_interval_s
+        if loop.time() >= due:
+            self._md_flush()
+        elif self._md_timer is None:
+            self._md_timer = loop.call_at(due, self._md_flush)
+
+    def _md_flush(self) -> None:
+        if self._md_timer is not None:
+            self._md_timer.cancel()
+            self._md_timer = None
+        self._md_flushed_at = asyncio.get_running_loop().time()
+        waiting, self._md_waiting = self._md_waiting, set()
+        for conn in waiting:
+            if conn.md_out:
+                conn.flush()
+
+    def _md_stall(self, conn) -> None:
+        conn.md_stalled = True
+        loop = asyncio.get_running_loop()
+        conn.md_stalled_at = loop.time()
+        for symbol in self.md.subscriptions.get(conn, ()):
+            frame = P.encode_frame(P.MarketDataResync(symbol, P.RESYNC_SLOW_READER))
+            conn.md_out.append(frame)
+            conn.md_out_bytes += len(frame)
+        self._md_waiting.add(conn)
+        log.info("market data to %s stopped: %d bytes unsent", conn.gateway_id,
+                 conn.transport.get_write_buffer_size())
+        conn.md_timer = loop.call_later(MD_DRAIN_POLL_S, self._md_poll, conn)
+
+    def _md_poll(self, conn) -> None:
+        """A stalled subscriber: fresh snapshots once drained; disconnected
+        if it stays behind for ``market_data_stall_ms_max``."""
+        if conn.closed or not conn.md_stalled:
+            return
+        if conn.transport.get_write_buffer_size() <= self.market_data_buffer_bytes_max // 4:
+            self.md_resume(conn)
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - conn.md_stalled_at > self.market_data_stall_s:
+            conn.fail(P.ERR_SLOW_READER, f"market data not read for "
+                      f"{self.market_data_stall_s * 1000:.0f} ms", linger_s=CLOSE_LINGER_S)
+            return
+        conn.md_timer = loop.call_later(MD_DRAIN_POLL_S, self._md_poll, conn)
+
+    def md_resume(self, conn) -> None:
+        """Between turns (every published view is the engine's state): a
+        fresh snapshot of each subscription instead of the backlog."""
+        if not conn.md_stalled or conn.closed:
+            return
+        conn.md_stalled = False
+        if conn.md_timer is not None:
+            conn.md_timer.cancel()
+            conn.md_timer = None
+        md = self.md
+        deferred, conn.md_deferred = conn.md_deferred, {}
+        frames = [md.snapshot(conn, symbol, deferred.get(symbol, 0))
+                  for symbol in md.subscriptions.get(conn, ())]
+        if frames:
+            conn.md_out.extend(frames)
+            conn.md_out_bytes += sum(map(len, frames))
+            conn.flush()
+
+    # ------------------------------------------------------------------ cancel on disconnect
+    def cancel_on_disconnect(self, gateway_id: str) -> None:
+        """The connection of a session that asked for it dropped: cancel the
+        open orders its gateway placed, as commands of the next turn.  Not
+        when the server itself stops: orders outlive a restart."""
+        if self._listener is None or self.failure is not None:
+            return
+        order_ids = [oid for oid, gid in self.state.order_gateway.items() if gid == gateway_id]
+        log.info("cancel on disconnect: %s, %d open orders", gateway_id, len(order_ids))
+        if order_ids:
+            self.pending.append((None, _CancelOnDisconnect(gateway_id, order_ids), time.time_ns()))
+            self.schedule_turn()
 
     def _refuse(self, session, command):
         """(reason, detail) when the session may not send this command, else None."""

@@ -111,6 +111,8 @@ def test_minimal_file_gets_every_default(write, tmp_path):
     assert (s.host, s.port, s.frame_bytes_max, s.outbound_bytes_max) == ("127.0.0.1", 7001, 65536,
                                                                          8 * 1024 * 1024)
     assert (s.report_retention_max, s.request_window) == (100_000, 10_000)
+    assert (s.market_data_buffer_bytes_max, s.market_data_depth_max, s.market_data_stall_ms_max,
+            s.market_data_flush_interval_ms) == (1024 * 1024, 1000, 10_000, 10)
     assert [(x.role, x.token, x.token_env, x.accounts, x.gateway_id) for x in s.sessions] == [
         ("trading", "tok-trading-1", None, None, None), ("admin", "tok-admin-1", None, None, None)]
     j = c.journal
@@ -222,6 +224,10 @@ MISTAKES = [
     ("frame too small", _set(("server", "frame_bytes_max"), 10), "server.frame_bytes_max", ">= 256"),
     ("outbound below frame", _set(("server", "outbound_bytes_max"), 1024),
      "server.outbound_bytes_max", "one frame must fit"),
+    ("market data past outbound", _set(("server", "market_data_buffer_bytes_max"), 8 * 1024 * 1024),
+     "server.market_data_buffer_bytes_max", "before replies are dropped"),
+    ("market data depth zero", _set(("server", "market_data_depth_max"), 0),
+     "server.market_data_depth_max", ">= 1"),
     ("empty host", _set(("server", "host"), ""), "server.host", "not a host"),
     ("no sessions", _drop(("server", "sessions")), "server.sessions", "at least one"),
     ("token and token_env", _set(S0 + ("token_env",), "T"), "server.sessions[0]", "exactly one"),
@@ -339,7 +345,10 @@ _scalars = (st.integers(min_value=-2**70, max_value=2**70) | st.text(max_size=12
 _values = _scalars | st.lists(_scalars, max_size=3) | st.dictionaries(st.text(max_size=4), _scalars,
                                                                       max_size=2)
 _KEYS = [("server", k) for k in ("host", "port", "frame_bytes_max", "outbound_bytes_max",
-                                 "report_retention_max", "request_window", "sessions", "x")] + [
+                                 "report_retention_max", "request_window", "sessions",
+                                 "market_data_buffer_bytes_max", "market_data_depth_max",
+                                 "market_data_stall_ms_max", "market_data_flush_interval_ms",
+                                 "x")] + [
     S0 + (k,) for k in ("token", "token_env", "role", "accounts", "gateway_id")] + [
     ("journal", k) for k in ("dir", "fsync", "fsync_interval_ms", "snapshot_every",
                              "segment_bytes_max")] + [
