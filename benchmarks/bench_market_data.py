@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.bench_service import TOKEN, ServerProcess, _closed_loop, _fund, arun, write_config
+from benchmarks.harness import scenario
 from engine.flow import Flow
 from engine.service import protocol as P
 
@@ -94,6 +95,33 @@ def run_fanout(n_commands: int, subscribers: int, *, silent: int = 0, depth: int
             "updates": counts["updates"], "updates_per_s": counts["updates"] / elapsed,
             "update_bytes_per_s": counts["bytes"] / elapsed, "resyncs": counts["resyncs"],
             "closed": counts["closed"], "silent_resyncs": silent_resyncs}
+
+
+@scenario("market_data", help="L2 market data fanned out to N subscribers over loopback, the "
+          "engine's commands/s beside it, and the fairness ratio with subscribers that never read",
+          quick={"n": 10_000, "subscribers": (0, 1, 10), "silent": 2, "silent_fill": 500},
+          full={"n": 200_000, "subscribers": (0, 1, 10, 50), "silent": 5, "silent_fill": 2000})
+def market_data(ctx, n: int, subscribers: tuple, silent: int, silent_fill: int) -> None:
+    results = {}
+    cases = [(k, 0) for k in subscribers] + [(max(subscribers), silent)]
+    for k, quiet in cases:
+        ctx.step(f"{k} subscribers" + (f" + {quiet} that never read" if quiet else ""))
+        results[(k, quiet)] = r = run_fanout(n, k, silent=quiet, silent_fill=silent_fill,
+                                             md_buffer_bytes=64 * 1024)
+        name = f"{k}" + (f"+{quiet}silent" if quiet else "")
+        ctx.figure(f"commands.{name}", f"commands/s with {k} subscribers"
+                   + (f" + {quiet} that never read" if quiet else ""), r["commands_per_s"],
+                   "commands/s", server_cpu_us_per_command=r["server_cpu_us_per_command"])
+        if k:
+            ctx.figure(f"updates.{name}", f"BookUpdates delivered to {k} subscribers"
+                       + (f" (+{quiet} silent)" if quiet else ""), r["updates_per_s"],
+                       "updates/s", resyncs=r["resyncs"], closed=r["closed"])
+    base, loaded = results[(0, 0)], results[(max(subscribers), silent)]
+    ctx.figure("fairness", f"commands/s with {max(subscribers)}+{silent} silent subscribers "
+               "/ with none", loaded["commands_per_s"] / base["commands_per_s"], "ratio",
+               cpu_ratio=base["server_cpu_us_per_command"] / loaded["server_cpu_us_per_command"],
+               silent_resyncs=loaded["silent_resyncs"])
+    ctx.detail("cases", {f"{k}+{q}": r for (k, q), r in results.items()})
 
 
 def _read_resyncs(sock: socket.socket, quiet_s: float = 0.3) -> int:
