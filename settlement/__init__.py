@@ -13,7 +13,8 @@ Public API::
     await writer.close()
 
 Modules: ``database`` (where the server is), ``migrate`` (schema versions),
-``rows`` (the pure event -> row mapping), ``assets`` (asset registration),
+``rows`` (the pure event -> row mapping), ``refs`` (the ledger's idempotency
+keys), ``assets`` (asset registration),
 ``writer`` (lifecycle, retry policy) with the parts it drives (``batching``,
 ``pipeline``, ``connection``, ``transaction``, ``diagnostics``, ``errors``,
 ``sql``), ``reconcile`` (ledger vs balances vs engine).  ``python -m

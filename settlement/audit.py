@@ -10,10 +10,16 @@
 - ``supply``: per asset, the ``balances`` table sums to zero (the ledger does
   by construction: every row moves an amount from one bucket to another);
 - ``orders``: every user's ``locked`` (the ``balances`` table) with what its
-  open orders reserve.  The ``orders`` table does not store the reservation,
-  so "what an order reserves" is the ledger's net movement into the locked
-  bucket under that order's id (every transfer touching an order's lock
-  carries its id); an order that is no longer open must reserve nothing;
+  open orders reserve plus its pending withdrawals hold.  The ``orders``
+  table does not store the reservation, so "what an order reserves" is the
+  ledger's net movement into the locked bucket under that order's id (every
+  transfer touching an order's lock carries its id); an order that is no
+  longer open must reserve nothing.  "What pending withdrawals hold" is the
+  net movement into the locked bucket by the withdrawal kinds
+  (``withdraw_hold`` in; ``withdraw`` from locked and ``withdraw_release``
+  out);
+- ``withdrawals``: that hold is never negative (more approved or released
+  from locked than was ever held);
 - ``snapshot``: every daily balance snapshot (``exchange snapshot-balances``)
   with the ledger summed up to the seq it covers.
 
@@ -31,7 +37,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from engine.ledger import AVAILABLE, BUCKETS, FIRST_USER_ACCOUNT, LOCKED
+from engine.ledger import (AVAILABLE, BUCKETS, FIRST_USER_ACCOUNT, KIND_WITHDRAW,
+                           KIND_WITHDRAW_HOLD, KIND_WITHDRAW_RELEASE, LOCKED)
 from settlement.reconcile import LEDGER_SUMS_SQL
 
 __all__ = ["Finding", "audit", "record_run", "last_seq", "ledger_sums", "balances_table",
@@ -47,7 +54,7 @@ class Finding:
     bucket: str            # available | locked | total
     expected: int          # minor units
     actual: int
-    check: str             # balances | chain | supply | orders | snapshot | engine-ledger | engine-balances
+    check: str             # balances | chain | supply | orders | withdrawals | snapshot | engine-ledger | engine-balances
     first_seq: int | None = None
     note: str = ""
 
@@ -95,6 +102,22 @@ _ORDER_LOCKS_SQL = """
         WHERE order_id IS NOT NULL AND source_bucket = 'locked') m
       ON m.order_id = o.order_id AND m.account = o.account_id
     GROUP BY 1, 2, 3, 4
+"""
+
+# Per (account, asset): the net movement into the locked bucket by withdrawal
+# transfers (they carry no order id): what pending withdrawals hold.
+_WITHDRAWAL_KINDS = ", ".join(f"'{k}'" for k in (KIND_WITHDRAW_HOLD, KIND_WITHDRAW,
+                                                 KIND_WITHDRAW_RELEASE))
+_WITHDRAWAL_HOLDS_SQL = f"""
+    SELECT account, asset_id, sum(delta)::bigint AS held FROM (
+        SELECT target_account AS account, asset_id, amount AS delta FROM transfers
+        WHERE kind IN ({_WITHDRAWAL_KINDS})
+          AND target_bucket = '{LOCKED}' AND order_id IS NULL
+        UNION ALL
+        SELECT source_account, asset_id, -amount FROM transfers
+        WHERE kind IN ({_WITHDRAWAL_KINDS})
+          AND source_bucket = '{LOCKED}' AND order_id IS NULL) m
+    GROUP BY 1, 2
 """
 
 
@@ -160,6 +183,7 @@ async def audit(conn) -> list[Finding]:
         table = await balances_table(conn)
         chain = await conn.fetch(_CHAIN_SQL)
         order_locks = await conn.fetch(_ORDER_LOCKS_SQL)
+        withdrawal_holds = await conn.fetch(_WITHDRAWAL_HOLDS_SQL)
         updated = {(r["account_id"], r["asset_id"]): r["updated_seq"] for r in await conn.fetch(
             "SELECT account_id, asset_id, updated_seq FROM balances")}
         out: list[Finding] = []
@@ -202,6 +226,13 @@ async def audit(conn) -> list[Finding]:
         if total != 0:
             out.append(Finding(ALL_ACCOUNTS, asset, "total", 0, total, "supply"))
     reserved: dict[tuple[int, int], int] = {}
+    for r in withdrawal_holds:
+        key = (r["account"], r["asset_id"])
+        if r["held"] < 0:
+            out.append(Finding(r["account"], names.get(r["asset_id"], f"#{r['asset_id']}"),
+                               "locked", 0, r["held"], "withdrawals",
+                               note="more withdrawn or released from locked than withdrawals held"))
+        reserved[key] = reserved.get(key, 0) + r["held"]
     for r in order_locks:
         key = (r["account_id"], r["asset_id"])
         if r["status"] == "open":
@@ -217,11 +248,13 @@ async def audit(conn) -> list[Finding]:
         if row[1] != want:
             out.append(Finding(account, names.get(aid, f"#{aid}"), "locked", want, row[1],
                                "orders", updated.get((account, aid)),
-                               "locked != what the account's open orders reserve"))
+                               "locked != what the account's open orders reserve and its "
+                               "pending withdrawals hold"))
     for (account, aid), want in sorted(reserved.items()):
         if want != 0:
             out.append(Finding(account, names.get(aid, f"#{aid}"), "locked", want, 0, "orders",
-                               note="open orders reserve more than a missing balances row"))
+                               note="open orders and pending withdrawals reserve more than a "
+                                    "missing balances row"))
     return out
 
 

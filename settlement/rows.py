@@ -16,9 +16,14 @@ one settlement transaction writes:
   can check "balance before + deltas == engine's balance after".
 
 Which events become rows: ``Transfer`` -> transfers (+ balances), ``Trade`` ->
-trades, ``Adjusted`` -> audit_log; ``Accepted``, ``Trade``, ``Cancelled``,
-``Replaced`` and ``Triggered`` -> orders.  ``Rejected``, ``Halted`` and
-``Resumed`` move no money and write no row; their seq still counts.
+trades, ``Adjusted`` (an adjustment's money) and ``AdminAction`` (an admin
+act) -> audit_log, in the transaction of the command's transfers;
+``Accepted``, ``Trade``, ``Cancelled``, ``Replaced`` and ``Triggered`` ->
+orders.  ``Rejected``, ``Halted``, ``Resumed``, ``Clocked``,
+``AdjustmentPending`` and the ``Withdrawal*`` events write no row (the money a
+withdrawal moves is in its transfers; the admin acts are in their
+``AdminAction``); their seq still counts.  ``has_ref_keys`` says whether a
+transfer of the batch carries an idempotency key (``settlement.refs``).
 
 Numbers stay Python ints; ids of value 0 ("none" in the engine) become NULL.
 Anything the mapping cannot express (an unknown asset, a bucket that is not
@@ -30,8 +35,13 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Sequence
 
 from engine.ledger import AVAILABLE, KIND_TRADE, LOCKED
-from engine.messages import (Accepted, Adjusted, Cancelled, Halted, Rejected, Replaced, Resumed,
-                             Trade, Transfer, Triggered)
+from engine.messages import (Accepted, AdjustmentPending, Adjusted, AdminAction, Cancelled,
+                             Clocked, Halted, Rejected, Replaced, Resumed, Trade, Transfer,
+                             Triggered, WithdrawalCompleted, WithdrawalRejected,
+                             WithdrawalRequested)
+from engine.reasons import ACTION_ADJUST, ACTION_ADJUST_APPROVE, ADMIN_ACTIONS
+
+from .refs import REF_KINDS
 
 __all__ = ["BatchBuilder", "MappingError", "TRANSFER_COLUMNS", "TRADE_COLUMNS", "AUDIT_COLUMNS",
            "ORDER_COLUMNS", "ORDER_UPDATE_COLUMNS", "BALANCE_COLUMNS", "STATUS_OPEN",
@@ -47,8 +57,11 @@ TRADE_COLUMNS = ("trade_id", "seq", "event_index", "symbol", "price_ticks", "qty
                  "maker_order_id", "taker_order_id", "maker_account", "taker_account",
                  "taker_side", "maker_fee", "taker_fee", "maker_remaining_lots",
                  "taker_remaining_lots")
+# a money row (Adjusted) fills asset_id..available_after; an action row
+# (AdminAction) leaves them NULL and fills target, before, after
 AUDIT_COLUMNS = ("seq", "event_index", "account_id", "asset_id", "amount", "admin", "reason",
-                 "available_before", "available_after")
+                 "available_before", "available_after", "action", "target", "before", "after",
+                 "adjustment_id", "approved_by")
 ORDER_COLUMNS = ("order_id", "account_id", "client_order_id", "symbol", "side", "price_ticks",
                  "qty_lots", "open_qty_lots", "filled_qty_lots", "status", "cancel_reason",
                  "accepted_seq", "updated_seq")
@@ -62,6 +75,8 @@ BALANCE_COLUMNS = ("account_id", "asset_id", "available_delta", "locked_delta",
 
 # Rows stay plain tuples (what COPY takes fastest); code that reads a field
 # names its position with one of these.
+T_SEQ = TRANSFER_COLUMNS.index("seq")
+T_EVENT_INDEX = TRANSFER_COLUMNS.index("event_index")
 T_ASSET_ID = TRANSFER_COLUMNS.index("asset_id")
 T_AMOUNT = TRANSFER_COLUMNS.index("amount")
 T_SOURCE_ACCOUNT = TRANSFER_COLUMNS.index("source_account")
@@ -69,11 +84,13 @@ T_SOURCE_BUCKET = TRANSFER_COLUMNS.index("source_bucket")
 T_TARGET_ACCOUNT = TRANSFER_COLUMNS.index("target_account")
 T_TARGET_BUCKET = TRANSFER_COLUMNS.index("target_bucket")
 T_KIND = TRANSFER_COLUMNS.index("kind")
+T_REF = TRANSFER_COLUMNS.index("ref")
 B_ACCOUNT_ID = BALANCE_COLUMNS.index("account_id")
 B_ASSET_ID = BALANCE_COLUMNS.index("asset_id")
 B_UPDATED_SEQ = BALANCE_COLUMNS.index("updated_seq")
 
-_NO_ROW = (Rejected, Halted, Resumed)
+_NO_ROW = (Rejected, Halted, Resumed, Clocked, AdjustmentPending, WithdrawalRequested,
+           WithdrawalCompleted, WithdrawalRejected)
 
 # the slots of the lists the builder keeps while a batch is built: an order's
 # state (ORDER_COLUMNS), a trade waiting for its two transfers (TRADE_COLUMNS),
@@ -108,7 +125,7 @@ class BatchBuilder:
     """Accumulates the rows of one settlement batch; see the module docstring."""
 
     __slots__ = ("asset_ids", "first_seq", "last_seq", "n_commands", "n_events", "transfers",
-                 "trades", "audit", "_balances", "_orders", "_accepted")
+                 "trades", "audit", "has_ref_keys", "_balances", "_orders", "_accepted")
 
     def __init__(self, asset_ids: Mapping[str, int]):
         self.asset_ids = asset_ids
@@ -119,6 +136,7 @@ class BatchBuilder:
         self.transfers: list[tuple] = []
         self.trades: list[tuple] = []
         self.audit: list[tuple] = []
+        self.has_ref_keys = False   # a transfer with a non-empty ref of a REF_KINDS kind
         # (account, asset_id) -> [available_delta, locked_delta, available_after,
         #                         locked_after, updated_seq] (the _B_* slots)
         self._balances: dict[tuple[int, int], list] = {}
@@ -184,6 +202,8 @@ class BatchBuilder:
                 else:
                     raise MappingError(f"bad target_bucket {ev.target_bucket!r}", events)
                 row[_B_UPDATED_SEQ] = seq
+                if ev.ref and ev.kind in REF_KINDS:
+                    self.has_ref_keys = True
                 if ev.kind == KIND_TRADE:
                     if trades_open is None or ev.trade_id not in trades_open:
                         raise MappingError(f"trade transfer for trade {ev.trade_id} without its "
@@ -234,8 +254,17 @@ class BatchBuilder:
                 asset_id = asset_ids.get(ev.asset)
                 if asset_id is None:
                     raise MappingError(f"unknown asset {ev.asset!r}", events)
+                action = ACTION_ADJUST_APPROVE if ev.adjustment_id else ACTION_ADJUST
                 self.audit.append((seq, index, ev.account, asset_id, ev.amount, ev.admin, ev.reason,
-                                   ev.available_before, ev.available_after))
+                                   ev.available_before, ev.available_after, action, "", "", "",
+                                   ev.adjustment_id or None, ev.approved_by))
+            elif t is AdminAction:
+                if ev.action not in ADMIN_ACTIONS:
+                    raise MappingError(f"unknown admin action {ev.action!r}", events)
+                # account 0: the act names no account
+                self.audit.append((seq, index, ev.account or None, None, None, ev.admin, ev.reason,
+                                   None, None, ev.action, ev.target, ev.before, ev.after, None,
+                                   ""))
             elif t in _NO_ROW:
                 pass
             else:

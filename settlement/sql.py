@@ -123,3 +123,16 @@ FROM unnest($1::bigint[], $2::integer[], $3::bigint[], $4::bigint[], $5::bigint[
      AS s(account_id, asset_id, available_delta, locked_delta, available_after, locked_after)
 LEFT JOIN balances b USING (account_id, asset_id)
 """
+# The ledger's transfers of some accounts that carry one of some refs, by
+# the account index of the side the ref belongs to (settlement.refs): who
+# used a ref first.  The target arm leaves out transfers within one account,
+# as the partial index transfers_target_account_time does.
+_REF_HOLDERS = """
+SELECT seq, event_index, kind, source_account, source_bucket, target_account, asset_id, ref
+FROM transfers WHERE {where} AND ref = ANY($2::text[])
+"""
+SQL_REF_HOLDERS = {
+    "source": _REF_HOLDERS.format(where="source_account = ANY($1::bigint[])"),
+    "target": _REF_HOLDERS.format(where="target_account = ANY($1::bigint[]) "
+                                        "AND target_account <> source_account"),
+}

@@ -67,8 +67,8 @@ class Committer:
         async with conn.transaction():
             if not lock_first:
                 # Before the batch ahead holds the state row: only rows nothing else
-                # can collide with (identity keys), so that a transaction waiting
-                # client-side holds nothing another writer's COPY could block on.
+                # can collide with (identity keys, no ref key), so that a transaction
+                # waiting client-side holds nothing another writer's COPY could block on.
                 copied += await self._copy_unkeyed(conn, b)
             if previous is not None and not previous.locked.is_set():
                 await previous.locked.wait()
@@ -76,9 +76,10 @@ class Committer:
                 raise PredecessorFailed()
             if not lock_first:
                 # The batch ahead holds the state row (or has committed): every
-                # other transaction that could insert these trade or order ids now
-                # waits for a lock PostgreSQL can see, so a conflict between two
-                # writers of one engine is a detected deadlock (retried), not a hang.
+                # other transaction that could insert these trade or order ids, or
+                # these refs, now waits for a lock PostgreSQL can see, so a conflict
+                # between two writers of one engine is a detected deadlock
+                # (retried), not a hang.
                 copied += await self._copy_keyed(conn, b, new_orders)
             last = await conn.fetchval(SQL_LOCK_STATE, self.engine_id)   # waits for its COMMIT
             flight.locked.set()
@@ -141,12 +142,20 @@ class Committer:
         return len(records)
 
     async def _copy_unkeyed(self, conn: asyncpg.Connection, b: BatchBuilder) -> int:
-        """COPY the rows whose keys PostgreSQL assigns (nothing can collide)."""
-        return (await self._copy(conn, "transfers", b.transfers, TRANSFER_COLUMNS)
-                + await self._copy(conn, "audit_log", b.audit, AUDIT_COLUMNS))
+        """COPY the rows whose keys PostgreSQL assigns (nothing can collide):
+        the audit rows, and the transfers unless one carries a ref key."""
+        copied = 0
+        if not b.has_ref_keys:
+            copied += await self._copy(conn, "transfers", b.transfers, TRANSFER_COLUMNS)
+        return copied + await self._copy(conn, "audit_log", b.audit, AUDIT_COLUMNS)
 
     async def _copy_keyed(self, conn: asyncpg.Connection, b: BatchBuilder,
                           new_orders: list) -> int:
-        """COPY the rows keyed by the engine's ids (trades, new orders)."""
-        return (await self._copy(conn, "trades", b.trades, TRADE_COLUMNS)
+        """COPY the rows keyed by the engine: trades and new orders by id, and
+        the transfers of a batch where one carries a ref, unique by that ref
+        (settlement.refs): all of that batch's transfers, in one COPY."""
+        copied = 0
+        if b.has_ref_keys:
+            copied += await self._copy(conn, "transfers", b.transfers, TRANSFER_COLUMNS)
+        return (copied + await self._copy(conn, "trades", b.trades, TRADE_COLUMNS)
                 + await self._copy(conn, "orders", new_orders, ORDER_COLUMNS))

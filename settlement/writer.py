@@ -399,11 +399,12 @@ class SettlementWriter:
                 raise
             except Exception as exc:
                 if isinstance(exc, asyncpg.UniqueViolationError) and not lock_first:
-                    # A trade or order id is already in the ledger.  Committed by
-                    # another writer of this engine, or by our own COMMIT whose answer
-                    # was lost -- or a real duplicate.  Retry holding the state row
-                    # before any keyed row goes in: its last_seq then tells which.
-                    # Under the lock it is a real duplicate: permanent, below.
+                    # A trade or order id, or a transfer's ref, is already in the
+                    # ledger.  Committed by another writer of this engine, or by our
+                    # own COMMIT whose answer was lost -- or a real duplicate.  Retry
+                    # holding the state row before any keyed row goes in: its last_seq
+                    # then tells which.  Under the lock it is a real duplicate:
+                    # permanent, below (a duplicate ref names its transfer).
                     lock_first = True
                     self.stats.retries += 1
                     log.info("settlement batch seq %d..%d: %s; retrying under the state "

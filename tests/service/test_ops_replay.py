@@ -25,9 +25,10 @@ async def flow(server, n_orders: int = 300, seed: int = 7) -> None:
     rnd = random.Random(seed)
     c = await Client.connect("127.0.0.1", server.port, token=TOKENS["admin"], gateway_id="ops")
     for account in (2, 3, 4, 5):
-        await c.request(Deposit(account, "USDT", 50_000_000_000, ref=f"u{account}"))
-        await c.request(Deposit(account, "BTC", 500_000_000, ref=f"b{account}"))
-        await c.request(Deposit(account, "ETH", 5_000_000_000, ref=f"e{account}"))
+        # refs are idempotency keys: each call's deposits are new money, so new refs
+        await c.request(Deposit(account, "USDT", 50_000_000_000, ref=f"u{account}-{seed}"))
+        await c.request(Deposit(account, "BTC", 500_000_000, ref=f"b{account}-{seed}"))
+        await c.request(Deposit(account, "ETH", 5_000_000_000, ref=f"e{account}-{seed}"))
     open_ids: list[tuple[int, int]] = []
     for i in range(n_orders):
         account = rnd.choice((2, 3, 4, 5))

@@ -3,8 +3,9 @@
 ``assert_settled(url, engine, commands)`` checks, for a database that settled
 ``commands`` (the per-command event lists an engine returned):
 
-- every Transfer / Trade / Adjusted event is in the ledger exactly once, field
-  by field, in (seq, event_index) order: no duplicate, no gap, nothing extra;
+- every Transfer / Trade / Adjusted / AdminAction event is in the ledger
+  exactly once, field by field, in (seq, event_index) order: no duplicate, no
+  gap, nothing extra;
 - the ledger summed per (account, asset, bucket) == the ``balances`` table ==
   the engine's ``balance(account, asset)`` for every account and asset;
 - per asset the whole system sums to zero (the outside world included);
@@ -18,7 +19,24 @@ import asyncio
 
 import asyncpg
 
-from engine.messages import Accepted, Adjusted, Trade, Transfer
+from engine.messages import Accepted, Adjusted, AdminAction, Trade, Transfer
+from engine.reasons import ACTION_ADJUST, ACTION_ADJUST_APPROVE
+
+AUDIT_SELECT = ("SELECT seq, event_index, account_id, asset_id, amount, admin, reason, "
+                "available_before, available_after, action, target, before, after, "
+                "adjustment_id, approved_by FROM audit_log ORDER BY seq, event_index")
+
+
+def expected_audit_row(ev, index, asset_ids):
+    """The audit_log row of an Adjusted (money) or AdminAction (act) event."""
+    if type(ev) is Adjusted:
+        return (ev.seq, index, ev.account, asset_ids[ev.asset], ev.amount, ev.admin, ev.reason,
+                ev.available_before, ev.available_after,
+                ACTION_ADJUST_APPROVE if ev.adjustment_id else ACTION_ADJUST, "", "", "",
+                ev.adjustment_id or None, ev.approved_by)
+    assert type(ev) is AdminAction
+    return (ev.seq, index, ev.account or None, None, None, ev.admin, ev.reason, None, None,
+            ev.action, ev.target, ev.before, ev.after, None, "")
 
 
 def expected_rows(commands, asset_ids):
@@ -36,9 +54,8 @@ def expected_rows(commands, asset_ids):
                 trades.append((ev.trade_id, ev.seq, i, ev.symbol, ev.price, ev.qty,
                                ev.maker_order_id, ev.taker_order_id, ev.maker_account,
                                ev.taker_account, ev.taker_side, ev.maker_fee, ev.taker_fee))
-            elif t is Adjusted:
-                audit.append((ev.seq, i, ev.account, asset_ids[ev.asset], ev.amount, ev.admin,
-                              ev.reason, ev.available_before, ev.available_after))
+            elif t is Adjusted or t is AdminAction:
+                audit.append(expected_audit_row(ev, i, asset_ids))
             elif t is Accepted:
                 accepted.add(ev.order_id)
     return transfers, trades, audit, accepted
@@ -56,9 +73,7 @@ async def _fetch(url):
             "SELECT trade_id, seq, event_index, symbol, price_ticks, qty_lots, maker_order_id, "
             "taker_order_id, maker_account, taker_account, taker_side, maker_fee, taker_fee "
             "FROM trades ORDER BY seq, event_index")]
-        audit = [tuple(r) for r in await conn.fetch(
-            "SELECT seq, event_index, account_id, asset_id, amount, admin, reason, "
-            "available_before, available_after FROM audit_log ORDER BY seq, event_index")]
+        audit = [tuple(r) for r in await conn.fetch(AUDIT_SELECT)]
         ledger = {(r["account"], r["asset_id"], r["bucket"]): r["total"] for r in await conn.fetch("""
             SELECT account, asset_id, bucket, sum(delta)::bigint AS total FROM (
                 SELECT target_account AS account, asset_id, target_bucket AS bucket, amount AS delta

@@ -5,11 +5,13 @@ import random
 
 import pytest
 
-from engine.messages import (Accepted, Adjust, Adjusted, CancelOrder, Deposit, PlaceOrder, Rejected,
-                             Trade, Transfer)
+from engine.messages import (Accepted, Adjust, AdjustmentPending, Adjusted, AdminAction,
+                             CancelOrder, Cancelled, Clocked, Deposit, PlaceOrder, Rejected, Trade,
+                             Transfer, WithdrawalRejected, WithdrawalRequested)
+from engine.reasons import CANCEL_ADMIN
 from engine.flow import new_engine, run
-from settlement.rows import (BALANCE_COLUMNS, ORDER_COLUMNS, ORDER_UPDATE_COLUMNS, TRADE_COLUMNS,
-                             TRANSFER_COLUMNS, BatchBuilder, MappingError, build)
+from settlement.rows import (AUDIT_COLUMNS, BALANCE_COLUMNS, ORDER_COLUMNS, ORDER_UPDATE_COLUMNS,
+                             TRADE_COLUMNS, TRANSFER_COLUMNS, BatchBuilder, MappingError, build)
 
 IDS = {"BTC": 1, "ETH": 2, "USDT": 3}
 
@@ -67,7 +69,75 @@ def test_adjustments_write_the_audit_row():
     (row,) = b.audit
     adjusted = next(ev for events in commands for ev in events if type(ev) is Adjusted)
     assert row == (adjusted.seq, 0, 2, IDS["USDT"], -7, "ops", "ticket-1",
-                   adjusted.available_before, adjusted.available_before - 7)
+                   adjusted.available_before, adjusted.available_before - 7,
+                   "adjust", "", "", "", None, "")
+
+
+def test_admin_acts_write_action_rows_and_approved_adjustments_say_so():
+    commands = [
+        [AdminAction(1, "ops", "halt", target="BTC-USDT", before="trading", after="halted")],
+        [AdjustmentPending(2, 7, 2, "USDT", 10**9, "alice", "refund #12"),
+         AdminAction(2, "alice", "adjust_request", 2, "USDT", "refund #12", "", "7")],
+        [Adjusted(3, 2, "USDT", 10**9, "alice", "refund #12", 5, 10**9 + 5, adjustment_id=7,
+                  approved_by="bob"),
+         AdminAction(3, "bob", "adjust_approve", 2, "7", "refund #12", "pending", "approved"),
+         Transfer(3, "USDT", 10**9, 0, "available", 2, "available", "adjust", ref="refund #12",
+                  source_balance=-10**9, target_balance=10**9 + 5)],
+    ]
+    b = build(commands, IDS)
+    rows = [dict(zip(AUDIT_COLUMNS, r)) for r in b.audit]
+    assert [(r["seq"], r["event_index"], r["action"]) for r in rows] == \
+        [(1, 0, "halt"), (2, 1, "adjust_request"), (3, 0, "adjust_approve"),
+         (3, 1, "adjust_approve")]
+    halt, request, money, act = rows
+    # an act names no account (0) as NULL, and never carries money
+    assert (halt["account_id"], halt["target"], halt["before"], halt["after"]) == \
+        (None, "BTC-USDT", "trading", "halted")
+    assert all(r[k] is None for r in (halt, request, act)
+               for k in ("asset_id", "amount", "available_before", "available_after",
+                         "adjustment_id"))
+    assert (request["admin"], request["account_id"], request["reason"]) == ("alice", 2, "refund #12")
+    assert (money["amount"], money["adjustment_id"], money["approved_by"], money["admin"]) == \
+        (10**9, 7, "bob", "alice")
+    assert money["available_after"] == money["available_before"] + money["amount"]
+    assert b.n_rows == 5 and not b.has_ref_keys      # an adjust's ref is no key
+
+
+def test_clock_and_withdrawal_events_write_no_row_but_count():
+    hold = Transfer(2, "USDT", 30, 2, "available", 2, "locked", "withdraw_hold", ref="w-1",
+                    source_balance=70, target_balance=30)
+    commands = [
+        [Clocked(1, 1_700_000_000_000_000_000)],
+        [WithdrawalRequested(2, 1, 2, "USDT", 30, "w-1"), hold],
+        [WithdrawalRejected(3, 1, 2, "USDT", 30, "w-1", "ops", "sanctions screening"),
+         AdminAction(3, "ops", "withdrawal_reject", 2, "1", "sanctions screening", "pending",
+                     "rejected"),
+         Transfer(3, "USDT", 30, 2, "locked", 2, "available", "withdraw_release", ref="w-1",
+                  source_balance=0, target_balance=100)],
+        [Clocked(4, 1_700_000_000_000_000_001)],
+    ]
+    b = build(commands, IDS)
+    assert (b.first_seq, b.last_seq, b.n_commands, b.n_events) == (1, 4, 4, 7)
+    assert [r[TRANSFER_COLUMNS.index("kind")] for r in b.transfers] == \
+        ["withdraw_hold", "withdraw_release"]
+    assert [r[AUDIT_COLUMNS.index("action")] for r in b.audit] == ["withdrawal_reject"]
+    assert b.has_ref_keys
+    (balance,) = b.balance_rows()
+    assert dict(zip(BALANCE_COLUMNS, balance))["locked_delta"] == 0
+    assert not build(commands[:1], IDS).has_ref_keys
+
+
+def test_an_admin_cancel_is_a_cancelled_order_with_reason_admin():
+    engine = new_engine()
+    commands = _submit_all(engine, [
+        Deposit(2, "USDT", 10**12),
+        PlaceOrder(2, "b1", "BTC-USDT", "buy", price=3_000_000, qty=100)])
+    (accepted,) = [ev for ev in commands[1] if type(ev) is Accepted]
+    commands.append([Cancelled(3, accepted.order_id, 2, 100, CANCEL_ADMIN),
+                     AdminAction(3, "ops", "cancel_order", 2, str(accepted.order_id))])
+    new, _ = build(commands, IDS).order_rows()
+    (order,) = [dict(zip(ORDER_COLUMNS, r)) for r in new]
+    assert (order["status"], order["cancel_reason"]) == ("cancelled", "admin")
 
 
 def test_order_states_in_one_batch_and_as_updates_across_batches():
@@ -172,5 +242,7 @@ def test_mapping_errors():
     with pytest.raises(MappingError, match="accepted after"):
         BatchBuilder(IDS).add([Accepted(1, 1, 2, "", "BTC-USDT", "buy", 1, 1),
                                Accepted(1, 1, 2, "", "BTC-USDT", "buy", 1, 1)])
+    with pytest.raises(MappingError, match="unknown admin action 'reboot'"):
+        BatchBuilder(IDS).add([AdminAction(1, "ops", "reboot")])
     err = pytest.raises(MappingError, build, commands, {}).value
     assert err.events == commands[0]          # the offending command's events travel with it

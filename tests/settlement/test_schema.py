@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ from settlement.migrate import migrations
 from engine import Asset
 from engine.ledger import (BUCKETS, FIRST_USER_ACCOUNT, SYSTEM_ACCOUNTS, SYSTEM_OUTSIDE,
                            TRANSFER_KINDS)
+from engine.reasons import ACTION_ADJUST, ACTION_ADJUST_APPROVE, ADMIN_ACTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,8 +86,8 @@ async def _seed(conn):
         VALUES (1, 2, 0, 'BTC-USDT', 3000000, 1, 1, 2, 10000, 3000000, 1, 2, 2, 3, 'buy', 3, 6, 0, 0)""")
     await conn.execute("""
         INSERT INTO audit_log (seq, event_index, account_id, asset_id, amount, admin, reason,
-                               available_before, available_after)
-        VALUES (3, 0, 2, 1, -1, 'ops', 'why', 5, 4)""")
+                               available_before, available_after, action)
+        VALUES (3, 0, 2, 1, -1, 'ops', 'why', 5, 4, 'adjust')""")
 
 
 @pytest.mark.parametrize("table", ["transfers", "trades", "audit_log"])
@@ -116,8 +118,25 @@ def test_ledger_tables_are_append_only(db_url, table, statement):
      " target_account, target_bucket, kind, source_balance, target_balance)"
      " VALUES (9, 0, 1, 5, 2, 'available', 2, 'available', 'lock', 0, 0)", "transfers_moves"),
     ("INSERT INTO audit_log (seq, event_index, account_id, asset_id, amount, admin, reason,"
-     " available_before, available_after) VALUES (9, 0, 2, 1, 5, 'ops', 'x', 0, 6)",
+     " available_before, available_after, action) VALUES (9, 0, 2, 1, 5, 'ops', 'x', 0, 6, 'adjust')",
      "audit_log_arithmetic"),
+    # an action row: its action is a known one; a money row is whole, and an adjustment
+    # that names who and why
+    ("INSERT INTO audit_log (seq, event_index, admin, reason, action)"
+     " VALUES (9, 0, 'ops', '', 'reboot')",
+     "audit_log_action_check"),
+    ("INSERT INTO audit_log (seq, event_index, account_id, asset_id, amount, admin, reason,"
+     " action) VALUES (9, 0, 2, 1, 5, 'ops', 'x', 'adjust')", "audit_log_money_whole"),
+    ("INSERT INTO audit_log (seq, event_index, account_id, asset_id, amount, admin, reason,"
+     " available_before, available_after, action) VALUES (9, 0, 2, 1, 5, 'ops', 'x', 0, 5, 'freeze')",
+     "audit_log_money_is_adjustment"),
+    ("INSERT INTO audit_log (seq, event_index, account_id, asset_id, amount, admin, reason,"
+     " available_before, available_after, action) VALUES (9, 0, 2, 1, 5, '', 'x', 0, 5, 'adjust')",
+     "audit_log_money_is_adjustment"),
+    ("INSERT INTO transfers (seq, event_index, asset_id, amount, source_account, source_bucket,"
+     " target_account, target_bucket, kind, source_balance, target_balance)"
+     " VALUES (9, 0, 1, 5, 2, 'available', 2, 'locked', 'withdraw_held', 0, 0)",
+     "transfers_kind_check"),
 ])
 def test_check_constraints(db_url, sql, constraint):
     async def check(conn):
@@ -240,15 +259,15 @@ def test_check_constraints_repeat_the_ledger_rules_of_engine_ledger(db_url):
         checks = {r["conname"]: r["def"] for r in await conn.fetch(
             "SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint "
             "WHERE contype = 'c' AND conrelid IN ('transfers'::regclass, "
-            "'balances'::regclass, 'accounts'::regclass)")}
+            "'balances'::regclass, 'accounts'::regclass, 'audit_log'::regclass)")}
         system = [r["id"] for r in await conn.fetch(
             "SELECT id FROM accounts WHERE kind = 'system' ORDER BY id")]
         return checks, system
 
     checks, system = _run(_with_conn(db_url, read))
 
-    def literals(name):         # 'x'::text, in the order of the CHECK
-        return tuple(re.findall(r"'([^']*)'::text", checks[name]))
+    def literals(name):         # 'x'::text, in the order of the CHECK ('' left out)
+        return tuple(t for t in re.findall(r"'([^']*)'::text", checks[name]) if t)
 
     def bounds(name, column):   # (column OP number) -> [(OP, number)]
         return [(op, int(n)) for op, n in re.findall(rf"\({column} ([<>=]+) (\d+)\)",
@@ -257,8 +276,91 @@ def test_check_constraints_repeat_the_ledger_rules_of_engine_ledger(db_url):
     assert literals("transfers_source_bucket_check") == BUCKETS
     assert literals("transfers_target_bucket_check") == BUCKETS
     assert literals("transfers_kind_check") == TRANSFER_KINDS
+    assert literals("audit_log_action_check") == ADMIN_ACTIONS
+    assert literals("audit_log_money_is_adjustment") == (ACTION_ADJUST, ACTION_ADJUST_APPROVE)
     assert bounds("accounts_kind_by_id", "id") == [("<", FIRST_USER_ACCOUNT)]
     assert bounds("balances_system_unlocked", "account_id") == [(">=", FIRST_USER_ACCOUNT)]
     assert bounds("balances_available_nonnegative", "account_id") == [("=", SYSTEM_OUTSIDE)]
     assert bounds("balances_locked_nonnegative", "account_id") == [("=", SYSTEM_OUTSIDE)]
     assert tuple(system) == SYSTEM_ACCOUNTS == tuple(range(FIRST_USER_ACCOUNT))
+
+
+# ---------------------------------------------------------------- 0003 on an older ledger
+def _migrate_through(url, version, monkeypatch):
+    """Migrate as code that shipped migrations 1..version would."""
+    migrate_module = importlib.import_module("settlement.migrate")  # the name `migrate` is the function
+    shipped = [m for m in migrations() if m.version <= version]
+    with monkeypatch.context() as patch:
+        patch.setattr(migrate_module, "migrations", lambda: shipped)
+        assert _run(migrate(url)) == list(range(1, version + 1))
+
+
+_SCHEMA_SQL = """
+    SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+    FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+    UNION ALL
+    SELECT 'index ' || indexname || ' ' || indexdef FROM pg_indexes WHERE schemaname = 'public'
+    UNION ALL
+    SELECT 'column ' || table_name || '.' || column_name || ' ' || data_type || ' '
+           || is_nullable || ' ' || coalesce(column_default, '-')
+    FROM information_schema.columns WHERE table_schema = 'public'
+    UNION ALL
+    SELECT 'view ' || viewname || ' ' || definition FROM pg_views WHERE schemaname = 'public'
+    UNION ALL
+    SELECT 'trigger ' || tgrelid::regclass || ' ' || tgname FROM pg_trigger WHERE NOT tgisinternal
+    ORDER BY 1
+"""
+
+
+def test_a_ledger_at_0002_upgrades_to_the_schema_of_a_fresh_one(make_db, monkeypatch):
+    fresh = make_db()
+    old = make_db(migrated=False)
+    _migrate_through(old, 2, monkeypatch)
+    # an adjustment's audit row as 0001 wrote it
+    _run(_with_conn(old, lambda c: c.execute(
+        "INSERT INTO audit_log (seq, event_index, account_id, asset_id, amount, admin, reason, "
+        "available_before, available_after) VALUES (3, 0, 2, 1, -1, 'ops', 'why', 5, 4)")))
+    assert _run(migrate(old)) == [3]
+    schema = [_run(_with_conn(url, lambda c: c.fetch(_SCHEMA_SQL))) for url in (fresh, old)]
+    assert [tuple(r) for r in schema[0]] == [tuple(r) for r in schema[1]]
+    [row] = _run(_with_conn(old, lambda c: c.fetch(
+        "SELECT action, target, before, after, adjustment_id, approved_by, amount FROM audit_log")))
+    assert tuple(row) == ("adjust", "", "", "", None, "", -1)
+
+
+def test_0003_keeps_refs_reused_before_it_and_refuses_them_after(make_db, monkeypatch):
+    """A ledger from before refs were keys may reuse one: the migration keeps
+    those rows (append-only), leaves the later uses out of the index, and a
+    new transfer reusing the ref still collides with the first."""
+    url = make_db(migrated=False)
+    _migrate_through(url, 2, monkeypatch)
+    insert = ("INSERT INTO transfers (seq, event_index, asset_id, amount, source_account, "
+              "source_bucket, target_account, target_bucket, kind, ref, source_balance, "
+              "target_balance) VALUES ($1, 0, 1, 5, $2, 'available', $3, 'available', $4, $5, 0, 0)")
+    legacy = [(1, 0, 2, "deposit", "dup"), (2, 0, 2, "deposit", "dup"), (3, 0, 2, "deposit", "once"),
+              (4, 2, 0, "withdraw", "w"), (5, 2, 0, "withdraw", "w"), (6, 2, 0, "withdraw", "w"),
+              (7, 0, 2, "adjust", "same reason"), (8, 0, 2, "adjust", "same reason")]
+
+    async def seed(conn):
+        await register_assets(conn, [Asset("BTC", 8)])
+        await conn.executemany(insert, legacy)
+    _run(_with_conn(url, seed))
+    assert _run(migrate(url)) == [3]
+
+    async def check(conn):
+        ids = {r["seq"]: r["id"] for r in await conn.fetch("SELECT seq, id FROM transfers")}
+        assert sorted(ids) == list(range(1, 9))             # nothing dropped
+        comments = {r["name"]: r["comment"] for r in await conn.fetch(
+            "SELECT c.relname AS name, obj_description(c.oid, 'pg_class') AS comment "
+            "FROM pg_class c WHERE c.relname LIKE 'transfers_%ref_key'")}
+        assert f"transfers.id {{{ids[2]}}}" in comments["transfers_deposit_ref_key"]
+        assert f"transfers.id {{{ids[5]},{ids[6]}}}" in comments["transfers_withdraw_ref_key"]
+        assert "Exempt" not in comments["transfers_withdrawal_end_ref_key"]
+        for seq, source, target, kind, ref in [(9, 0, 2, "deposit", "dup"),
+                                               (9, 0, 2, "deposit", "once"),
+                                               (9, 2, 0, "withdraw", "w")]:
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await conn.execute(insert, seq, source, target, kind, ref)
+        await conn.execute(insert, 9, 0, 2, "deposit", "new")
+        await conn.execute(insert, 10, 0, 2, "adjust", "same reason")
+    _run(_with_conn(url, check))
