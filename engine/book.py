@@ -14,6 +14,7 @@ the same results (``tests/test_cbook.py``).
 from __future__ import annotations
 
 from collections import OrderedDict
+from itertools import islice
 
 from sortedcontainers import SortedDict
 
@@ -80,10 +81,13 @@ class Book:
 
     def depth(self, instrument: int, levels: int):
         """([(price, qty)...] bids best first, [(price, qty)...] asks best first)."""
+        if not isinstance(levels, int):
+            raise TypeError(f"levels must be an int, not {type(levels).__name__}")
         bids, asks = self._sides[instrument]
         n = max(0, levels)
-        bid_list = [(lvl.price, lvl.qty) for lvl in bids.values()[::-1][:n]]
-        ask_list = [(lvl.price, lvl.qty) for lvl in asks.values()[:n]]
+        # O(n): walk the sorted prices lazily from each best end, never a whole side
+        bid_list = [(price, bids[price].qty) for price in islice(reversed(bids), min(n, len(bids)))]
+        ask_list = [(price, asks[price].qty) for price in islice(asks, min(n, len(asks)))]
         return bid_list, ask_list
 
     def dump(self, instrument: int):

@@ -34,7 +34,9 @@ from .service import protocol as P
 __all__ = ["Client", "ClientError", "LocalBook"]
 
 REPORT_QUEUE_MAX = 100_000      # reports buffered while nobody iterates reports()
-MARKET_DATA_QUEUE_MAX = 100_000     # market-data messages buffered for market_data()
+# market-data messages buffered for market_data(); past it the unread ones are
+# dropped and each symbol starts again from a resync and a snapshot
+MARKET_DATA_QUEUE_MAX = 10_000
 
 
 class ClientError(Exception):
@@ -279,11 +281,25 @@ class Client:
             book.synced = False                 # the server sends a snapshot once we read
         queue = self._market_data
         if queue.qsize() >= MARKET_DATA_QUEUE_MAX:  # nobody reads market_data(): drop, say so
-            while not queue.empty():
-                queue.get_nowait()
-            for symbol in self._books:
-                queue.put_nowait(P.MarketDataResync(symbol, P.RESYNC_CLIENT_QUEUE_FULL))
+            self._market_data_restart()             # ``msg`` is in the books already
+            return
         queue.put_nowait(msg)
+
+    def _market_data_restart(self) -> None:
+        """The queue is full: drop what is unread; per subscribed symbol a
+        ``MarketDataResync(client_queue_full)``, then, for a book in sync, a
+        ``BookSnapshot`` (request id 0) of it, which is exact: the local
+        books never miss a message.  A book out of sync gets its snapshot
+        from the server, as after any resync.  Two messages a subscribed
+        symbol: far below the bound."""
+        queue = self._market_data
+        while not queue.empty():
+            queue.get_nowait()
+        for symbol, book in self._books.items():
+            queue.put_nowait(P.MarketDataResync(symbol, P.RESYNC_CLIENT_QUEUE_FULL))
+            if book.synced:
+                queue.put_nowait(P.BookSnapshot(0, symbol, book.seq, book.bids, book.asks,
+                                                book.halted))
 
     def _resubscribe(self, book: LocalBook) -> None:
         if self._closed_error is not None:
@@ -397,7 +413,11 @@ class Client:
         """Market-data messages as they arrive, until the connection closes:
         ``BookSnapshot``, ``BookUpdate`` and ``MarketDataResync`` (from the
         server, or made here for a gap or a full queue).  The local books
-        are kept whether or not this is read."""
+        are kept whether or not this is read.  At most
+        ``MARKET_DATA_QUEUE_MAX`` (10,000) messages wait unread; past it they
+        are dropped and each symbol restarts with a ``MarketDataResync
+        ("client_queue_full")`` and a ``BookSnapshot`` (request id 0) of its
+        local book."""
         while True:
             msg = await self._market_data.get()
             if msg is None:

@@ -36,7 +36,7 @@ import engine
 from engine.core import DEFAULT_MAX_OPEN_ORDERS
 from engine.domain import INT64_MAX, Asset, Instrument
 from engine.ledger import FIRST_USER_ACCOUNT
-from engine.service.protocol import GATEWAY_ID_MAX
+from engine.service.protocol import DEPTH_LEVELS_MAX, GATEWAY_ID_MAX
 from engine.service.journal import RECORD_BYTES_MAX
 
 __all__ = ["ConfigError", "load_config", "Config", "ServerConfig", "SessionConfig",
@@ -107,7 +107,8 @@ class ServerConfig(_Section):
     request_window: Annotated[int, msgspec.Meta(ge=1)] = 10_000   # replies kept per gateway
     # market data is sent to a connection only while its unsent bytes are below this
     market_data_buffer_bytes_max: Annotated[int, msgspec.Meta(ge=4096)] = 1024 * 1024
-    market_data_depth_max: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1000   # levels a side
+    # levels a side, of a subscription and of a depth query
+    market_data_depth_max: Annotated[int, msgspec.Meta(ge=1, le=DEPTH_LEVELS_MAX)] = 1000
     # a subscriber still over the market-data limit this long after its resync is disconnected
     market_data_stall_ms_max: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     # under load, market data is written to a connection at most once per interval (0: every turn)

@@ -9,8 +9,6 @@ it never reads a socket and never touches the engine.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 from ..domain import INT64_MAX, Asset, Instrument
@@ -20,6 +18,7 @@ PROTOCOL_VERSION = 1
 HEADER_BYTES = 4
 FRAME_BYTES_MAX_DEFAULT = 64 * 1024
 REQUEST_ID_MAX = INT64_MAX        # request ids are BIGINT-sized, like every id
+DEPTH_LEVELS_MAX = 10_000         # levels a side: the bound of server.market_data_depth_max
 
 # ---- error reasons (stable strings; clients may match on them)
 # request level: the request is refused, nothing is journaled, the session carries on
@@ -32,6 +31,7 @@ ERR_REQUEST_ID_REUSED = "request_id_reused"      # a remembered request id with 
 ERR_JOURNAL_WRITE_FAILED = "journal_write_failed"  # not journaled (disk full, I/O): not applied
 ERR_OUTCOME_UNKNOWN = "outcome_unknown"          # the journal broke mid-write: resend after restart
 ERR_BAD_DEPTH = "bad_depth"                      # a subscription depth not an int in 1..the maximum
+ERR_SUPERSEDED = "superseded"                    # a Subscribe replaced (same symbol) before its snapshot
 # connection level: an Error frame, then the connection is closed
 ERR_HELLO_REQUIRED = "hello_required"            # the first frame was not a Hello (or a second Hello)
 ERR_BAD_TOKEN = "bad_token"
@@ -101,26 +101,31 @@ class QueryMarkets(_Wire):
 class Subscribe(_Wire):
     """Market data for ``symbol``: a ``BookSnapshot`` (answering this
     request id) of up to ``depth`` levels a side, then ``BookUpdate``s.
-    Subscribing again replaces the subscription (and sends a fresh snapshot).
-    ``depth`` is checked by the server (an int in 1..the configured maximum),
-    so a wrong one is a ``bad_depth`` error, not a closed connection."""
+    Subscribing again replaces the subscription (and sends a fresh snapshot);
+    a Subscribe replaced before its snapshot was sent is answered
+    ``superseded``.  ``depth`` is any scalar here and checked by the server
+    (an int in 1..the configured maximum), so a wrong one is a ``bad_depth``
+    error, not a closed connection; only a non-scalar (an array, a map,
+    bytes) is a malformed frame (no nesting: nothing to recurse into)."""
     request_id: int
     symbol: str
-    depth: Any = 20
+    depth: int | float | str | bool | None = 20
 
 
 class Unsubscribe(_Wire):
     """Stop the market data of ``symbol``; answered by ``Unsubscribed``
-    (also when there was no subscription), after which none is sent."""
+    (also when there was no subscription), after which none is sent.  A
+    Subscribe of the symbol still unanswered is answered ``superseded``."""
     request_id: int
     symbol: str
 
 
 class Bye(_Wire):
     """A clean close: the server closes the connection after replying to
-    everything sent before it.  ``keep_orders``: a session that asked for
-    cancel-on-disconnect keeps its open orders (otherwise a Bye cancels them
-    too, as a dropped connection does)."""
+    everything sent before it; frames sent after it are dropped unread.
+    ``keep_orders``: a session that asked for cancel-on-disconnect keeps its
+    open orders (otherwise a Bye cancels them too, as a dropped connection
+    does)."""
     keep_orders: bool = False
 
 

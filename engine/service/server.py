@@ -38,7 +38,7 @@ from .config import ROLES
 from .journal import JournalRecord, JournalWriteError
 from .market_data import MarketData
 from .recovery import Recovered, newest_at_or_below, recover
-from .state import REUSED
+from .state import INTERNAL_GATEWAY_PREFIX, REUSED
 
 log = logging.getLogger("engine.service.server")
 
@@ -56,20 +56,25 @@ GATEWAYS_MAX = 10_000                   # gateway ids with state (replies, repor
 HELLO_TIMEOUT_S = 10.0                  # a connection that has not said hello by then is closed
 MD_DRAIN_POLL_S = 0.05                  # how often a resynced subscriber's buffer is looked at
 CLOSE_LINGER_S = 5.0                    # a closed slow reader's last bytes wait this long, then abort
+COD_RETRY_S = 0.1                       # cancels the journal refused are tried again after this
 # the journal's gateway id of the cancels the server sends for a dropped session
 # (a real gateway id is "<12 hex digits>:<name>", so this one can never be claimed)
 CANCEL_ON_DISCONNECT_GATEWAY = "server:cancel_on_disconnect"
+assert CANCEL_ON_DISCONNECT_GATEWAY.startswith(INTERNAL_GATEWAY_PREFIX), "no reply window for it"
 
 _KIND_COMMAND, _KIND_FRAME, _KIND_QUERY, _KIND_BYE, _KIND_CANCEL, _KIND_MARKET_DATA = range(6)
 
 
 class _CancelOnDisconnect:
-    """A pending item: cancel these orders of a gateway whose connection dropped."""
+    """A pending item: cancel the open orders of a gateway whose connection
+    dropped.  ``order_ids`` is None until the turn that plans it resolves
+    them (every command read before the drop is applied by then); a retry
+    after a failed journal write keeps them."""
     __slots__ = ("gateway_id", "order_ids")
 
-    def __init__(self, gateway_id: str, order_ids: list[int]):
+    def __init__(self, gateway_id: str):
         self.gateway_id = gateway_id
-        self.order_ids = order_ids
+        self.order_ids: list[int] | None = None
 
 
 class _Connection(asyncio.Protocol):
@@ -83,6 +88,7 @@ class _Connection(asyncio.Protocol):
         self.gateway_id = None
         self.closed = False
         self.lost = False               # the transport is gone
+        self.said_bye = False           # a Bye was read: nothing after it is read
         self.out: list[bytes] = []      # frames of the current turn
         self.out_bytes = 0
         self.md_out: list[bytes] = []   # market data not yet written (written before ``out``)
@@ -135,7 +141,7 @@ class _Connection(asyncio.Protocol):
             asyncio.get_running_loop().call_soon(self.server.md_resume, self)
 
     def data_received(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or self.said_bye:
             return
         try:
             bodies = self.reader.feed(data)
@@ -146,7 +152,7 @@ class _Connection(asyncio.Protocol):
         for body in bodies:
             try:
                 msg = P.decode_client(body)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
                 return self.fail(P.ERR_MALFORMED, str(exc)[:200])
             if self.session is None:
                 if type(msg) is not P.Hello:
@@ -157,6 +163,9 @@ class _Connection(asyncio.Protocol):
             if type(msg) is P.Hello:
                 return self.fail(P.ERR_HELLO_REQUIRED, "a second Hello on one connection")
             server.pending.append((self, msg, now))
+            if type(msg) is P.Bye:      # the frames after it are dropped, never applied
+                self.said_bye = True
+                break
         server.schedule_turn()
 
     def send(self, frame: bytes) -> None:
@@ -173,6 +182,7 @@ class _Connection(asyncio.Protocol):
         if self.md_out:                 # earlier turns' market data goes first
             out = self.md_out + out
             self.md_out, self.md_out_bytes = [], 0
+            self.server._md_waiting.discard(self)
         if out and not self.closed:
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])
             if self.transport.get_write_buffer_size() > self.server.outbound_bytes_max:
@@ -410,10 +420,20 @@ class Server:
         plan = []               # (conn, kind, payload) in arrival order
         in_turn: set[tuple[str, int]] = set()      # (gateway, request id) journaled this turn
         cod_rid = None          # the last request id given to a cancel-on-disconnect command
-        for conn, msg, received_ns in items:
+        cod_items = []          # this turn's cancel-on-disconnect items (retried if not journaled)
+        for item in items:
+            conn, msg, received_ns = item
             if conn is None:                            # a dropped session's cancels
                 if cod_rid is None:
                     cod_rid = state.gateway(CANCEL_ON_DISCONNECT_GATEWAY).last_request_id
+                if msg.order_ids is None:
+                    # the commands read before the drop are all applied by now;
+                    # a reconnected session's come after this item
+                    msg.order_ids = state.open_orders_of(msg.gateway_id)
+                    log.info("cancel on disconnect: %s, %d open orders", msg.gateway_id,
+                             len(msg.order_ids))
+                if msg.order_ids:
+                    cod_items.append(item)
                 for order_id in msg.order_ids:
                     order = state.engine.order(order_id)
                     if order is None:
@@ -456,6 +476,9 @@ class Server:
             elif t is P.Bye:
                 plan.append((conn, _KIND_BYE, msg))
             elif t is P.Subscribe or t is P.Unsubscribe:
+                if not 0 < msg.request_id <= P.REQUEST_ID_MAX:
+                    conn.fail(P.ERR_INVALID_REQUEST_ID, f"request_id {msg.request_id}")
+                    continue
                 plan.append((conn, _KIND_MARKET_DATA, msg))
             else:
                 plan.append((conn, _KIND_QUERY, msg))
@@ -470,6 +493,8 @@ class Server:
                     # the batch may be on disk after all: its outcome is unknown
                     journal_error = P.ERR_OUTCOME_UNKNOWN
                     self.fail(f"the journal can no longer be written: {exc}")
+                elif cod_items:
+                    self._retry_cancels(cod_items)
         reports_out = []
         backlog = self._settle_backlog if self.writer is not None else None
         md = self.md
@@ -503,9 +528,7 @@ class Server:
                 touched.add(conn)
                 self._market_data_request(conn, payload, md_subscribe)
             elif kind == _KIND_CANCEL:
-                if not journaled:
-                    log.error("cancel-on-disconnect of order %d not applied: journal write failed",
-                              payload[1].order_id)
+                if not journaled:               # retried (_retry_cancels), or the server stops
                     continue
                 events, _, reports = state.apply(CANCEL_ON_DISCONNECT_GATEWAY, *payload)
                 if backlog is not None:
@@ -548,8 +571,10 @@ class Server:
         (its snapshot then shows the state its seq names); an Unsubscribe at once."""
         md = self.md
         if type(msg) is P.Unsubscribe:
-            md_subscribe.pop((conn, msg.symbol), None)
-            conn.md_deferred.pop(msg.symbol, None)
+            planned = md_subscribe.pop((conn, msg.symbol), None)
+            if planned is not None:
+                self._supersede(conn, planned[1])
+            self._supersede(conn, conn.md_deferred.pop(msg.symbol, None))
             md.unsubscribe(conn, msg.symbol)
             conn.send(P.encode_frame(P.Unsubscribed(msg.request_id, msg.symbol)))
             return
@@ -558,8 +583,20 @@ class Server:
             conn.send(P.encode_frame(P.Error(msg.request_id, *refusal)))
             return
         md.unsubscribe(conn, msg.symbol)        # no update of the old depth this turn
-        md_subscribe.pop((conn, msg.symbol), None)
+        planned = md_subscribe.pop((conn, msg.symbol), None)
+        if planned is not None:
+            self._supersede(conn, planned[1])
         md_subscribe[(conn, msg.symbol)] = (msg.depth, msg.request_id)
+
+    @staticmethod
+    def _supersede(conn, rid: int | None) -> None:
+        """The Subscribe ``rid``, not yet answered, was replaced (by a later
+        Subscribe or an Unsubscribe of its symbol): it is answered
+        ``superseded``, so every request gets one answer."""
+        if rid is None:
+            return
+        conn.send(P.encode_frame(P.Error(rid, P.ERR_SUPERSEDED,
+                                         "a later Subscribe or Unsubscribe of the symbol")))
 
     def _publish_market_data(self, md_subscribe: dict, touched: set) -> None:
         """The turn's updates go to each subscriber's market-data queue unless
@@ -573,8 +610,11 @@ class Server:
             for conn in subscribers:
                 if conn.md_stalled or conn.closed:
                     continue
-                if (conn.transport.get_write_buffer_size() + conn.out_bytes + conn.md_out_bytes
-                        + size > limit):
+                # what the reader has not taken yet; this turn's replies do not
+                # count, and a frame larger than the limit still goes to a
+                # reader that is keeping up
+                unread = conn.transport.get_write_buffer_size() + conn.md_out_bytes
+                if unread and unread + size > limit:
                     self._md_stall(conn)
                     continue
                 conn.md_out.append(frame)
@@ -585,7 +625,9 @@ class Server:
                 continue
             snapshot = md.subscribe(conn, symbol, depth, rid)
             if conn.md_stalled:                 # it follows the resync's snapshots
+                self._supersede(conn, conn.md_deferred.get(symbol))
                 conn.md_deferred[symbol] = rid
+                touched.add(conn)
                 continue
             conn.send(snapshot)
             touched.add(conn)
@@ -605,11 +647,14 @@ class Server:
         if self._md_timer is not None:
             self._md_timer.cancel()
             self._md_timer = None
-        self._md_flushed_at = asyncio.get_running_loop().time()
         waiting, self._md_waiting = self._md_waiting, set()
+        written = False
         for conn in waiting:
-            if conn.md_out:
+            if conn.md_out and not conn.closed:
                 conn.flush()
+                written = True
+        if written:         # the interval runs from a write, not from a flush with nothing left
+            self._md_flushed_at = asyncio.get_running_loop().time()
 
     def _md_stall(self, conn) -> None:
         conn.md_stalled = True
@@ -660,14 +705,27 @@ class Server:
     # ------------------------------------------------------------------ cancel on disconnect
     def cancel_on_disconnect(self, gateway_id: str) -> None:
         """The connection of a session that asked for it dropped: cancel the
-        open orders its gateway placed, as commands of the next turn.  Not
-        when the server itself stops: orders outlive a restart."""
+        open orders its gateway placed, as commands of a later turn.  Only
+        the gateway id is queued: the drop may come in the middle of a turn
+        whose planned commands are applied after it, so its orders are
+        listed when the item is planned.  Not when the server itself stops:
+        orders outlive a restart."""
         if self._listener is None or self.failure is not None:
             return
-        order_ids = [oid for oid, gid in self.state.order_gateway.items() if gid == gateway_id]
-        log.info("cancel on disconnect: %s, %d open orders", gateway_id, len(order_ids))
-        if order_ids:
-            self.pending.append((None, _CancelOnDisconnect(gateway_id, order_ids), time.time_ns()))
+        self.pending.append((None, _CancelOnDisconnect(gateway_id), time.time_ns()))
+        self.schedule_turn()
+
+    def _retry_cancels(self, items: list) -> None:
+        """The journal refused a turn's cancels (and is still usable): they
+        go back to the head of the queue, with the orders they resolved,
+        and are tried again by the next turn (at the latest in
+        ``COD_RETRY_S``)."""
+        log.error("cancel-on-disconnect of %d gateways not journaled: retrying", len(items))
+        self.pending[:0] = items
+        asyncio.get_running_loop().call_later(COD_RETRY_S, self._retry_turn)
+
+    def _retry_turn(self) -> None:
+        if self._listener is not None and self.failure is None and self.pending:
             self.schedule_turn()
 
     def _refuse(self, session, command):
@@ -703,7 +761,7 @@ class Server:
                 engine.market(q.symbol)
             except KeyError:
                 return P.encode_frame(P.Error(q.request_id, P.ERR_UNKNOWN_SYMBOL, q.symbol))
-            levels = min(max(int(q.levels), 1), 1000)
+            levels = min(max(int(q.levels), 1), self.md.depth_max)    # the subscriptions' cap
             bids, asks = engine.depth(q.symbol, levels)
             return P.encode_frame(P.DepthReply(q.request_id, q.symbol, engine.seq,
                                                list(bids), list(asks)))

@@ -5,7 +5,8 @@ and updates, deterministically from the journal alone, what the server keeps
 per gateway: the replies it may have to send again (a bounded window of
 request ids), the highest request id seen, and the execution reports for its
 resting orders (numbered per gateway, retained up to a bound until the
-gateway acknowledges them in its next hello).  Live serving and recovery run
+gateway acknowledges them in its next hello), and which gateway placed each
+open order (for cancel-on-disconnect).  Live serving and recovery run
 the same function, so a restarted server owes exactly what the crashed one
 owed.  No I/O here: the server sends the frames, the journal stores the
 records, ``snapshot()`` gives bytes for the snapshot store.
@@ -21,17 +22,21 @@ from ..messages import (Accepted, Cancelled, Command, PlaceOrder, Replaced, Trad
 from .protocol import Report, Reply, encode_frame
 
 SNAPSHOT_VERSION = 2     # 2: the reply window keeps each request's command
+# gateway ids the server itself journals under (a client's is "<hex>:<name>"):
+# nobody can resend to them, so no reply window is kept for them
+INTERNAL_GATEWAY_PREFIX = "server:"
 REQUEST_WINDOW_DEFAULT = 10_000
 REPORT_RETENTION_MAX_DEFAULT = 100_000
 
 
 class GatewayState:
     """What one gateway (by gateway_id) is owed."""
-    __slots__ = ("gateway_id", "last_request_id", "window", "report_seq", "reports",
+    __slots__ = ("gateway_id", "internal", "last_request_id", "window", "report_seq", "reports",
                  "reports_dropped_seq")
 
     def __init__(self, gateway_id: str):
         self.gateway_id = gateway_id
+        self.internal = gateway_id.startswith(INTERNAL_GATEWAY_PREFIX)     # no reply window
         self.last_request_id = 0
         # request_id -> [command, reply frame or None, seq, events or None]: a reply is
         # encoded when it is first needed (see reply()); the command says whether a
@@ -104,6 +109,7 @@ class ServiceState:
         self.report_retention_max = report_retention_max
         self.gateways: dict[str, GatewayState] = {}
         self.order_gateway: dict[int, str] = {}     # open order id -> the gateway that placed it
+        self.gateway_orders: dict[str, set[int]] = {}   # the same pairs, by gateway (no empty sets)
 
     @property
     def seq(self) -> int:
@@ -114,6 +120,30 @@ class ServiceState:
         if g is None:
             g = self.gateways[gateway_id] = GatewayState(gateway_id)
         return g
+
+    def open_orders_of(self, gateway_id: str) -> list[int]:
+        """The open orders ``gateway_id`` placed, by order id (the resting
+        ones and the waiting stops)."""
+        engine = self.engine
+        return sorted(oid for oid in self.gateway_orders.get(gateway_id, ())
+                      if engine.order(oid) is not None)
+
+    def _own(self, order_id: int, gateway_id: str) -> None:
+        assert order_id not in self.order_gateway, order_id     # order ids are never reused
+        self.order_gateway[order_id] = gateway_id
+        orders = self.gateway_orders.get(gateway_id)
+        if orders is None:
+            orders = self.gateway_orders[gateway_id] = set()
+        orders.add(order_id)
+
+    def _disown(self, order_id: int) -> None:
+        gateway_id = self.order_gateway.pop(order_id, None)
+        if gateway_id is None:
+            return
+        orders = self.gateway_orders[gateway_id]
+        orders.discard(order_id)
+        if not orders:
+            del self.gateway_orders[gateway_id]
 
     # ------------------------------------------------------------------ apply
     def apply(self, gateway_id: str, request_id: int, command, *, replaying: bool = False):
@@ -135,10 +165,11 @@ class ServiceState:
             entry = [command, reply, seq, None]
         if request_id > g.last_request_id:
             g.last_request_id = request_id
-        window = g.window
-        window[request_id] = entry
-        if len(window) > self.request_window:
-            window.popitem(last=False)
+        if not g.internal:
+            window = g.window
+            window[request_id] = entry
+            if len(window) > self.request_window:
+                window.popitem(last=False)
         reports = self._route(gateway_id, command, events, seq)
         return events, reply, reports
 
@@ -155,7 +186,7 @@ class ServiceState:
             if t is Transfer:
                 continue
             if t is Accepted:
-                owners[e.order_id] = gateway_id
+                self._own(e.order_id, gateway_id)
             elif t is Trade:
                 for order_id, account, left in (
                         (e.maker_order_id, e.maker_account, e.maker_remaining),
@@ -178,12 +209,12 @@ class ServiceState:
                         others = {}
                     others.setdefault(e.order_id, (owner, 0))     # a Trade's entry knows the account
         for order_id in closed:
-            owners.pop(order_id, None)
+            self._disown(order_id)
         if type(command) is PlaceOrder and events and type(events[0]) is Accepted:
             # an order that cannot rest (IOC, FOK, market) has ended with its command
             if not (command.type != "market" and (command.tif == "gtc"
                                                    or command.type != "limit")):
-                owners.pop(events[0].order_id, None)
+                self._disown(events[0].order_id)
         if others is None:
             return ()
         return self._reports(events, others, seq)
@@ -258,12 +289,14 @@ class ServiceState:
         for gs in snap.gateways:
             g = state.gateway(gs.gateway_id)
             g.last_request_id = gs.last_request_id
-            g.window = OrderedDict((rid, [command, frame, 0, None])
-                                   for rid, frame, command in gs.window)
+            if not g.internal:
+                g.window = OrderedDict((rid, [command, frame, 0, None])
+                                       for rid, frame, command in gs.window)
             while len(g.window) > request_window:
                 g.window.popitem(last=False)
             g.report_seq = gs.report_seq
             g.reports = deque(gs.reports)
             g.reports_dropped_seq = gs.reports_dropped_seq
-        state.order_gateway = dict(snap.order_gateway)
+        for order_id, gateway_id in snap.order_gateway:
+            state._own(order_id, gateway_id)
         return state

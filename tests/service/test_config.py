@@ -228,6 +228,8 @@ MISTAKES = [
      "server.market_data_buffer_bytes_max", "before replies are dropped"),
     ("market data depth zero", _set(("server", "market_data_depth_max"), 0),
      "server.market_data_depth_max", ">= 1"),
+    ("market data depth past the protocol's", _set(("server", "market_data_depth_max"), 10_001),
+     "server.market_data_depth_max", "<= 10000"),
     ("empty host", _set(("server", "host"), ""), "server.host", "not a host"),
     ("no sessions", _drop(("server", "sessions")), "server.sessions", "at least one"),
     ("token and token_env", _set(S0 + ("token_env",), "T"), "server.sessions[0]", "exactly one"),

@@ -16,15 +16,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import engine.client
 from engine.client import Client, ClientError, LocalBook
 from engine.flow import Flow, new_engine
 from engine.messages import (Accepted, CancelOrder, Cancelled, Deposit, PlaceOrder, ReplaceOrder,
                              Trade)
 from engine.service import protocol as P
 from engine.service.config import load_config
+from engine.service.journal import JournalWriteError
 from engine.service.market_data import MarketData
 from engine.service.recovery import open_journal, replay
-from engine.service.server import CANCEL_ON_DISCONNECT_GATEWAY
+from engine.service.server import CANCEL_ON_DISCONNECT_GATEWAY, Server
 from engine.service.state import ServiceState
 from servers import TOKENS, run, serving, write_config
 
@@ -49,6 +51,43 @@ async def fund(server, *accounts):
 def book_of(engine, symbol, depth):
     bids, asks = engine.depth(symbol, depth)
     return [tuple(x) for x in bids], [tuple(x) for x in asks]
+
+
+async def until(predicate, timeout_s: float = 5.0) -> bool:
+    """Whether ``predicate()`` holds within ``timeout_s`` (polled)."""
+    for _ in range(int(timeout_s / 0.01)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
+
+
+def hello(gateway_id: str, cancel_on_disconnect: bool = True) -> bytes:
+    return P.encode_frame(P.Hello(gateway_id, TOKENS["trading"], P.PROTOCOL_VERSION, 0,
+                                  cancel_on_disconnect))
+
+
+def place(rid: int, price: int, account: int = 2) -> bytes:
+    return P.encode_frame(P.Request(rid, PlaceOrder(account, f"r{rid}", "BTC-USDT", "buy",
+                                                    price=price, qty=1)))
+
+
+async def raw_session(server, data: bytes) -> list:
+    """Send ``data`` in one write on a fresh connection; what the server sent
+    until it closed the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(data)
+    try:
+        received = await asyncio.wait_for(reader.read(), 5)
+    except ConnectionResetError:                # an abort: what was sent is lost too
+        received = b""
+    writer.close()
+    return _frames(received)[0]
+
+
+def gateway_id_of(server, name: str) -> str:
+    [gid] = [gid for gid in server.state.gateways if gid.endswith(":" + name)]
+    return gid
 
 
 # ====================================================================== the diff, no sockets
@@ -390,7 +429,7 @@ def test_bad_subscriptions_are_refused_and_the_connection_carries_on(tmp_path):
                     ("BTC-USDT", -5, P.ERR_BAD_DEPTH), ("BTC-USDT", 1001, P.ERR_BAD_DEPTH),
                     ("BTC-USDT", 2**64 - 1, P.ERR_BAD_DEPTH), ("BTC-USDT", "20", P.ERR_BAD_DEPTH),
                     ("BTC-USDT", 2.5, P.ERR_BAD_DEPTH), ("BTC-USDT", None, P.ERR_BAD_DEPTH),
-                    ("BTC-USDT", True, P.ERR_BAD_DEPTH), ("BTC-USDT", [20], P.ERR_BAD_DEPTH)):
+                    ("BTC-USDT", True, P.ERR_BAD_DEPTH)):
                 with pytest.raises(ClientError) as e:
                     await c.subscribe(symbol, depth)
                 assert e.value.reason == reason, (symbol, depth)
@@ -433,14 +472,18 @@ def test_malformed_subscribe_fields_over_the_wire(tmp_path_factory, fields):
             for rid, symbol, depth, short in fields:
                 body = ["Subscribe", rid, symbol] if short else ["Subscribe", rid, symbol, depth]
                 writer.write(struct.pack("<I", len(body := msgspec.msgpack.encode(body))) + body)
-                closes = type(rid) is not int or type(symbol) is not str or not (
-                    -2**63 <= rid < 2**64)
+                # depth: any scalar is the server's to refuse; a nested one is malformed
+                malformed = type(rid) is not int or type(symbol) is not str or not (
+                    -2**63 <= rid < 2**64) or (not short and type(depth) in (list, bytes))
+                bad_rid = not malformed and not 0 < rid <= P.REQUEST_ID_MAX
                 try:
                     msg = P.decode_server(await asyncio.wait_for(read_frame(reader), 5))
                 except asyncio.IncompleteReadError:
                     raise AssertionError("closed without an Error frame")
-                if closes:
-                    assert type(msg) is P.Error and msg.reason == P.ERR_MALFORMED
+                if malformed or bad_rid:
+                    assert type(msg) is P.Error and msg.request_id == 0
+                    assert msg.reason == (P.ERR_MALFORMED if malformed
+                                          else P.ERR_INVALID_REQUEST_ID), (rid, depth, msg)
                     break
                 if type(msg) is P.Error:
                     assert msg.request_id == rid
@@ -457,6 +500,98 @@ def test_malformed_subscribe_fields_over_the_wire(tmp_path_factory, fields):
 async def read_frame(reader) -> bytes:
     size = struct.unpack("<I", await reader.readexactly(4))[0]
     return await reader.readexactly(size)
+
+
+def test_a_deeply_nested_depth_is_a_malformed_frame(tmp_path):
+    """5,000 nested arrays fit in one frame: refused as malformed (an Error,
+    then the close), never a recursion error in the server."""
+    async def go():
+        async with serving(tmp_path) as server:
+            good = await connect(server, gateway_id="good")
+            for depth in (b"\x91" * 5000 + b"\x01", b"\x91\x14", b"\xc4\x01\x14"):
+                body = (b"\x94" + msgspec.msgpack.encode("Subscribe") + msgspec.msgpack.encode(7)
+                        + msgspec.msgpack.encode("BTC-USDT") + depth)
+                messages = await raw_session(server, hello("nested", False)
+                                             + struct.pack("<I", len(body)) + body)
+                assert [type(m) for m in messages] == [P.Welcome, P.Error]
+                assert (messages[1].request_id, messages[1].reason) == (0, P.ERR_MALFORMED)
+            assert await good.depth("BTC-USDT") == ([], [])       # the server carries on
+            assert server.failure is None
+            await good.close()
+    run(go())
+
+
+def test_market_data_request_ids_are_checked(tmp_path):
+    async def go():
+        async with serving(tmp_path) as server:
+            for msg in (P.Subscribe(0, "BTC-USDT", 5), P.Subscribe(-1, "BTC-USDT", 5),
+                        P.Subscribe(2**63, "BTC-USDT", 5), P.Unsubscribe(0, "BTC-USDT")):
+                messages = await raw_session(server, hello("rid", False) + P.encode_frame(msg))
+                assert [type(m) for m in messages] == [P.Welcome, P.Error], msg
+                assert (messages[1].request_id, messages[1].reason) == (
+                    0, P.ERR_INVALID_REQUEST_ID)
+            assert not server.md.active
+    run(go())
+
+
+def test_every_subscribe_is_answered_once(tmp_path):
+    """A Subscribe replaced in the turn it was read (by a second Subscribe of
+    the symbol, or an Unsubscribe) is answered ``superseded``; the last one
+    stands."""
+    async def go():
+        async with serving(tmp_path) as server:
+            await fund(server, 2)
+            trader = await connect(server)
+            await trader.place(account=2, client_order_id="", symbol="ETH-BTC", side="buy",
+                               price=6000, qty=1)
+            c = await connect(server, gateway_id="c")
+            first, second = await asyncio.wait_for(asyncio.gather(
+                c.subscribe("ETH-BTC", 5), c.subscribe("ETH-BTC", 7), return_exceptions=True), 5)
+            assert type(first) is ClientError and first.reason == P.ERR_SUPERSEDED
+            assert second is c.book("ETH-BTC") and second.synced and second.depth == 7
+            assert second.bids == [(6000, 1)]
+            subscribed, unsubscribed = await asyncio.wait_for(asyncio.gather(
+                c.subscribe("BTC-USDT", 5), c.unsubscribe("BTC-USDT"), return_exceptions=True), 5)
+            assert type(subscribed) is ClientError and subscribed.reason == P.ERR_SUPERSEDED
+            assert unsubscribed is None and c.book("BTC-USDT") is None
+            [conn] = [x for x in server.connections if x.gateway_id.endswith(":c")]
+            assert server.md.subscriptions[conn] == {"ETH-BTC": 7}
+            await trader.place(account=2, client_order_id="", symbol="ETH-BTC", side="buy",
+                               price=6001, qty=1)
+            await c.markets()
+            assert second.bids == book_of(server.state.engine, "ETH-BTC", 7)[0]
+            for x in (trader, c):
+                await x.close()
+    run(go())
+
+
+def test_depth_queries_have_the_subscriptions_cap(tmp_path):
+    """``server.market_data_depth_max`` bounds a depth query as it bounds a
+    subscription (both up to protocol.DEPTH_LEVELS_MAX)."""
+    async def go():
+        path = write_config(tmp_path)
+        path.write_text(path.read_text().replace(
+            "[server]\n", "[server]\nmarket_data_depth_max = 1200\n", 1))
+        server = Server(load_config(path))
+        await server.start()
+        try:
+            await fund(server, 2, 3)
+            trader = await connect(server)
+            for account in (2, 3):
+                await trader.request_many([
+                    PlaceOrder(account, "", "BTC-USDT", "buy", price=1000 + 2 * i + account, qty=1)
+                    for i in range(700)])
+            bids, _ = await trader.depth("BTC-USDT", 5000)
+            assert len(bids) == 1200 and bids == book_of(server.state.engine, "BTC-USDT", 1200)[0]
+            assert (await trader.subscribe("BTC-USDT", 1200)).bids == bids
+            with pytest.raises(ClientError) as e:
+                await trader.subscribe("BTC-USDT", 1201)
+            assert e.value.reason == P.ERR_BAD_DEPTH
+            await trader.close()
+        finally:
+            server.request_stop()
+            await server.serve()
+    run(go())
 
 
 # ====================================================================== slow readers
@@ -585,6 +720,148 @@ def test_a_subscriber_that_never_reads_is_disconnected_and_nobody_waits(tmp_path
     run(go())
 
 
+def test_subscribes_replaced_while_stalled_are_answered(tmp_path):
+    """A stalled subscriber's Subscribe is answered by the snapshot after its
+    resync; one replaced before then (by a Subscribe or an Unsubscribe of the
+    symbol, in later turns) is answered ``superseded`` at once."""
+    async def go():
+        async with serving(tmp_path) as server:
+            server.market_data_buffer_bytes_max = 64 * 1024
+            await fund(server, 2)
+            trader = await connect(server)
+            sock = _slow_socket(server, "slow")
+            conn = await _server_conn(server, "slow")
+            await _churn(trader, 200, until=lambda: conn.md_stalled)
+            assert conn.md_stalled
+            loop = asyncio.get_running_loop()
+            subscribed = lambda: server.md.subscriptions.get(conn, {})      # noqa: E731
+            for msg, done in (
+                    (P.Subscribe(2, "BTC-USDT", 5), lambda: conn.md_deferred.get("BTC-USDT") == 2),
+                    (P.Subscribe(3, "BTC-USDT", 7), lambda: conn.md_deferred.get("BTC-USDT") == 3),
+                    (P.Subscribe(4, "ETH-BTC", 3), lambda: conn.md_deferred.get("ETH-BTC") == 4),
+                    (P.Unsubscribe(5, "ETH-BTC"), lambda: "ETH-BTC" not in subscribed())):
+                await loop.sock_sendall(sock, P.encode_frame(msg))      # one turn each
+                assert await until(done), msg
+            assert conn.md_stalled
+            data, messages = b"", []                # it reads now
+            while not any(type(m) is P.BookSnapshot and m.request_id == 3 for m in messages):
+                chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), 5)
+                assert chunk
+                got, data = _frames(data + chunk)
+                messages += got
+            answers = [(type(m), m.request_id, getattr(m, "reason", "")) for m in messages
+                       if type(m) in (P.Error, P.Unsubscribed)
+                       or (type(m) is P.BookSnapshot and m.request_id)]
+            assert answers == [(P.BookSnapshot, 1, ""), (P.Error, 2, P.ERR_SUPERSEDED),
+                               (P.Error, 4, P.ERR_SUPERSEDED), (P.Unsubscribed, 5, ""),
+                               (P.BookSnapshot, 3, "")]
+            [snapshot] = [m for m in messages if type(m) is P.BookSnapshot and m.request_id == 3]
+            assert (snapshot.bids, snapshot.asks) == book_of(server.state.engine, "BTC-USDT", 7)
+            assert subscribed() == {"BTC-USDT": 7}
+            sock.close()
+            await trader.close()
+    run(go())
+
+
+def test_an_update_larger_than_the_limit_reaches_readers_that_keep_up(tmp_path):
+    """The market-data limit counts what the reader has not taken (the
+    socket's buffer, queued market data), not this turn's replies, and a
+    frame never stalls a reader whose buffer is empty."""
+    async def go():
+        async with serving(tmp_path) as server:
+            await fund(server, 2)
+            trader = await connect(server)
+            trader_book = await trader.subscribe("BTC-USDT", 1000)   # and trades on it
+            sub = await connect(server, gateway_id="sub")
+            book = await sub.subscribe("BTC-USDT", 1000)
+            server.market_data_buffer_bytes_max = 512
+            # one turn: 300 new levels (an update of some 2 KiB), 300 replies (far more)
+            await trader.request_many([PlaceOrder(2, "", "BTC-USDT", "buy", price=1000 + i, qty=1)
+                                       for i in range(300)])
+            for c in (trader, sub):
+                await c.markets()
+                assert P.MarketDataResync not in [type(m) for m in c.market_data_nowait()]
+            assert not any(c.md_stalled for c in server.connections)
+            expected = book_of(server.state.engine, "BTC-USDT", 1000)
+            assert len(expected[0]) == 300
+            for b in (book, trader_book):
+                assert b.synced and (b.bids, b.asks) == expected
+            for c in (trader, sub):
+                await c.close()
+    run(go())
+
+
+def test_the_flush_interval_runs_from_a_market_data_write(tmp_path):
+    """Market data that left with a reply is no market-data write: it does
+    not hold back another subscriber's next update for an interval."""
+    async def go():
+        async with serving(tmp_path) as server:
+            server.market_data_flush_interval_s = 1.0
+            await fund(server, 2)
+            trader = await connect(server)
+            await trader.subscribe("BTC-USDT", 5)
+            sub = await connect(server, gateway_id="sub")
+            await sub.subscribe("ETH-BTC", 5)
+            stream = sub.market_data()
+            assert type(await stream.__anext__()) is P.BookSnapshot
+            await asyncio.sleep(1.1)                # an interval since any write
+            await trader.place(account=2, client_order_id="", symbol="BTC-USDT", side="buy",
+                               price=100, qty=1)    # its update leaves with the reply
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await trader.place(account=2, client_order_id="", symbol="ETH-BTC", side="buy",
+                               price=6000, qty=1)
+            update = await asyncio.wait_for(stream.__anext__(), 5)
+            assert type(update) is P.BookUpdate and update.bids == [(6000, 1)]
+            assert loop.time() - started < 0.5, "held back for the interval"
+            for c in (trader, sub):
+                await c.close()
+    run(go())
+
+
+def test_a_full_client_queue_restarts_each_symbol_from_a_snapshot(tmp_path, monkeypatch):
+    """Nobody reads market_data(): past its bound the unread messages go and
+    each symbol restarts with a resync, then a snapshot of the local book; a
+    consumer of market_data() alone ends with exact books."""
+    monkeypatch.setattr(engine.client, "MARKET_DATA_QUEUE_MAX", 7)
+
+    async def go():
+        async with serving(tmp_path) as server:
+            await fund(server, 2)
+            eng = server.state.engine
+            trader = await connect(server)
+            sub = await connect(server, gateway_id="sub")
+            await sub.subscribe("BTC-USDT", 5)
+            await sub.subscribe("ETH-BTC", 5)
+            await trader.place(account=2, client_order_id="", symbol="ETH-BTC", side="buy",
+                               price=6000, qty=1)
+            for i in range(20):
+                await trader.place(account=2, client_order_id="", symbol="BTC-USDT", side="buy",
+                                   price=100 + i, qty=1)
+            await sub.markets()
+            messages = sub.market_data_nowait()
+            assert len(messages) <= 7
+            assert P.MarketDataResync(
+                "ETH-BTC", P.RESYNC_CLIENT_QUEUE_FULL) in messages
+            books: dict[str, LocalBook] = {}      # what a consumer rebuilds
+            for m in messages:
+                if type(m) is P.BookSnapshot:
+                    books[m.symbol] = LocalBook(m.symbol, 5)
+                    books[m.symbol]._reset(m)
+                elif type(m) is P.MarketDataResync:
+                    books.pop(m.symbol, None)
+                elif m.symbol in books:
+                    assert m.seq == books[m.symbol].seq + 1
+                    books[m.symbol]._apply(m)
+            assert sorted(books) == sorted(SYMBOLS)
+            for symbol, b in books.items():
+                assert (b.bids, b.asks) == book_of(eng, symbol, 5), symbol
+                assert b.seq == sub.book(symbol).seq
+            for c in (trader, sub):
+                await c.close()
+    run(go())
+
+
 # ====================================================================== cancel on disconnect
 _KILLED_CLIENT = """
 import asyncio, sys
@@ -695,3 +972,140 @@ def test_cancel_on_disconnect_on_close_unless_keep_orders(tmp_path):
             await asyncio.sleep(0.1)
             assert eng.order(oid_p) is not None
     run(go())
+
+
+def test_cancel_on_disconnect_after_a_protocol_error_in_the_same_turn(tmp_path):
+    """A PlaceOrder, then a bad request id, in one write: the connection is
+    closed while the turn is planned and the order is applied after that;
+    it is cancelled all the same (its orders are listed in the next turn)."""
+    async def go():
+        async with serving(tmp_path) as server:
+            await fund(server, 2)
+            eng = server.state.engine
+            messages = await raw_session(server, hello("cod-rid") + place(1, 100)
+                                         + P.encode_frame(P.Request(0, CancelOrder(2, 1))))
+            assert (messages[-1].request_id, messages[-1].reason) == (0, P.ERR_INVALID_REQUEST_ID)
+            gid = gateway_id_of(server, "cod-rid")
+            assert server.state.gateways[gid].last_request_id == 1     # the order was applied
+            assert await until(lambda: not eng.open_orders(2))
+            assert server.state.open_orders_of(gid) == []
+    run(go())
+
+
+def test_frames_after_a_bye_are_dropped(tmp_path):
+    """PlaceOrder, Bye, PlaceOrder in one write: the first order is answered
+    and then cancelled by the plain Bye (or kept, ``keep_orders``); the
+    second is never journaled nor applied."""
+    async def go():
+        async with serving(tmp_path) as server:
+            await fund(server, 2, 3)
+            eng = server.state.engine
+            for name, account, keep in (("bye", 2, False), ("bye-keep", 3, True)):
+                messages = await raw_session(server, hello(name) + place(1, 100, account)
+                                             + P.encode_frame(P.Bye(keep))
+                                             + place(2, 101, account))
+                assert [m.request_id for m in messages if type(m) is P.Reply] == [1]
+                assert server.state.gateways[gateway_id_of(server, name)].last_request_id == 1
+            assert await until(lambda: not eng.open_orders(2))
+            await asyncio.sleep(0.1)
+            assert [(o["price"], o["client_order_id"]) for o in eng.open_orders(3)] == [(100, "r1")]
+    run(go())
+
+
+def test_cancel_on_disconnect_after_a_reply_overflow_in_the_same_turn(tmp_path):
+    """A turn's replies pass the outbound limit half way through a write of
+    ten orders: the connection is aborted, the rest of the turn's orders are
+    still applied (they are journaled), and all ten are cancelled."""
+    async def go():
+        async with serving(tmp_path) as server:
+            await fund(server, 2)
+            eng = server.state.engine
+            server.outbound_bytes_max = 600
+            await raw_session(server, hello("cod-overflow")
+                              + b"".join(place(rid, 100 + rid) for rid in range(1, 11)))
+            gid = gateway_id_of(server, "cod-overflow")
+            assert server.state.gateways[gid].last_request_id == 10    # all applied
+            assert await until(lambda: not eng.open_orders(2))
+            cancels = server.state.gateways[CANCEL_ON_DISCONNECT_GATEWAY]
+            assert cancels.last_request_id == 10 and not cancels.window   # no reply window kept
+    run(go())
+
+
+def test_cancel_on_disconnect_is_retried_after_a_journal_write_error(tmp_path):
+    """The journal refuses the cancels once (a full disk, say) and stays
+    usable: they are journaled and applied on the retry, without any other
+    traffic, once."""
+    async def go():
+        async with serving(tmp_path) as server:
+            await fund(server, 2)
+            eng = server.state.engine
+            c = await connect(server, gateway_id="cod-j", cancel_on_disconnect=True)
+            oid = (await c.place(account=2, client_order_id="j", symbol="BTC-USDT", side="buy",
+                                 price=100, qty=1))[0].order_id
+            append, refused = server.journal.append, []
+
+            def append_but_once(records):
+                if not refused:
+                    refused.append(records)
+                    raise JournalWriteError("no space left on device (test)")
+                return append(records)
+            server.journal.append = append_but_once
+            c.abort()
+            assert await until(lambda: eng.order(oid) is None)
+            assert [r.command for r in refused[0]] == [CancelOrder(2, oid)]
+            assert not server.journal.failed and server.failure is None
+            server.journal.append = append
+        config = load_config(write_config(tmp_path))
+        journal = open_journal(config)
+        records = [r for r in journal.read(from_seq=1)
+                   if r.gateway_id == CANCEL_ON_DISCONNECT_GATEWAY]
+        journal.close()
+        assert [(r.request_id, r.command) for r in records] == [(1, CancelOrder(2, oid))]
+    run(go())
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_open_orders_are_indexed_per_gateway(seed):
+    """The per-gateway index of open orders against a slow model (who placed
+    each order, which orders the engine still has) through a flow split
+    over gateways; a restored snapshot derives the same index; the server's
+    own gateway keeps no reply window."""
+    rng = random.Random(seed)
+    eng = new_engine("cross")
+    state = ServiceState(eng)
+    flow = Flow("ledger", seed, engine=eng, prefill=300)
+    gateways = ["a", "b", "c"]
+    placed: dict[int, str] = {}
+    rids = dict.fromkeys(gateways, 0)
+
+    def check(s: ServiceState):
+        for g in gateways:
+            expected = sorted(oid for oid, by in placed.items()
+                              if by == g and s.engine.order(oid) is not None)
+            assert s.open_orders_of(g) == expected, g
+        assert {(oid, g) for g, oids in s.gateway_orders.items() for oid in oids} \
+            == set(s.order_gateway.items())
+        assert all(s.gateway_orders.values())               # no empty sets kept
+
+    for n, command in enumerate(flow.commands(flow.setup_count + 3000)):
+        g = rng.choice(gateways)
+        rids[g] += 1
+        events, _, _ = state.apply(g, rids[g], command, replaying=True)
+        flow.observe(events)
+        placed.update((e.order_id, g) for e in events if type(e) is Accepted)
+        if n % 250 == 0:
+            check(state)
+    check(state)
+    assert all(state.open_orders_of(g) for g in gateways)
+    # the server's cancels: request ids counted, no replies kept
+    victim = state.open_orders_of("a")
+    for rid, oid in enumerate(victim, 1):
+        state.apply(CANCEL_ON_DISCONNECT_GATEWAY, rid, CancelOrder(eng.order(oid)["account"], oid))
+    internal = state.gateways[CANCEL_ON_DISCONNECT_GATEWAY]
+    assert internal.last_request_id == len(victim) and not internal.window
+    assert state.open_orders_of("a") == []
+    check(state)
+    restored = ServiceState.restore(state.snapshot(), type(eng), book="python")
+    check(restored)
+    assert restored.gateway_orders == {g: set(state.open_orders_of(g)) for g in gateways
+                                       if state.open_orders_of(g)}
