@@ -3,6 +3,7 @@
     python -m benchmarks.bench_engine [--mix exchange_core insert_heavy] [-n 300000]
                                       [--books python cython] [--cores python cython]
                                       [--seed 1] [--repeat 3] [--memory-orders 1000000]
+                                      [--memory-refs 100000]
 
 Four tables per run.  Engine: commands/s and per-command latency percentiles
 of the whole ``Engine.submit``, for each engine core (the pure-Python
@@ -15,7 +16,8 @@ books taking turns.  Floor: a lower
 bound on the part of a command's time no engine logic can remove with this
 API -- building the events it returns, and its book calls' own work -- beside
 the fastest engine.  Memory: the default engine's RSS per resting order with
-``--memory-orders`` resting orders, with and without client order ids (0 skips).
+``--memory-orders`` resting orders, with and without client order ids (0 skips),
+and what each idempotency ref the engine keeps for good costs (``--memory-refs``).
 
 For each mix the seeded flow (engine/flow.py) is generated once, and its
 commands decoded from their msgpack encoding, untimed, as a decoder produces
@@ -246,6 +248,33 @@ def engine_memory(n: int, client_ids: bool) -> float:
     return (_rss_bytes() - before) / n
 
 
+def ref_memory(n: int) -> tuple[float, float]:
+    """tracemalloc bytes per deposit ref the engine keeps (16-character refs,
+    decoded as a server receives them): ``n`` refs of one account and asset,
+    and ``n`` refs of ``n`` accounts, one each (the accounts made beforehand)."""
+    import tracemalloc
+    assets, instruments = market_config()
+    per_ref = []
+    for spread in (False, True):
+        eng = engine.Engine(assets, instruments)
+        accounts = list(range(2, 2 + n)) if spread else [2]
+        for a in accounts:
+            eng.submit(Deposit(a, "USDT", 1))
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        cmds = as_received([Deposit(accounts[k % len(accounts)], "USDT", 1, ref=f"wire-{k:011d}")
+                            for k in range(n)])
+        for c in cmds:
+            eng.submit(c)
+        del cmds
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        per_ref.append((after - before) / n)
+    return per_ref[0], per_ref[1]
+
+
 def engine_memory_child(n: int, client_ids: bool) -> float:
     """``engine_memory`` in a fresh interpreter (nothing freed before skews it)."""
     out = subprocess.run([sys.executable, "-m", "benchmarks.bench_engine", "--memory-child",
@@ -267,6 +296,8 @@ def main(argv=None):
     ap.add_argument("--prefill", type=int, default=2000)
     ap.add_argument("--memory-orders", type=int, default=1_000_000,
                     help="whole-engine memory at this many resting orders (0: skip)")
+    ap.add_argument("--memory-refs", type=int, default=100_000,
+                    help="memory per kept idempotency ref, over this many refs (0: skip)")
     ap.add_argument("--memory-child", choices=("cid", "plain"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_child:
@@ -343,6 +374,14 @@ def main(argv=None):
               f"{engine.BOOK_IMPLEMENTATION}) with {n:,} resting orders, RSS delta per order")
         print(f"without client order ids {engine_memory_child(n, False):.0f} B/order; "
               f"with them (\"c<k>\") {engine_memory_child(n, True):.0f} B/order")
+    if args.memory_refs:
+        n = args.memory_refs
+        one, spread = ref_memory(n)
+        print()
+        print(f"# memory: deposit/withdrawal refs kept for idempotency (16 characters), "
+              f"tracemalloc over {n:,}")
+        print(f"{one:.0f} B/ref when one account and asset has them all; {spread:.0f} B/ref "
+              f"when each account has one")
 
 
 if __name__ == "__main__":

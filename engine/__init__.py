@@ -2,7 +2,7 @@
 
 Public API::
 
-    from engine import Engine, Asset, Instrument
+    from engine import Engine, Asset, Instrument, AccountTier
     from engine.messages import PlaceOrder, ..., Transfer
 
 Two parts may be accelerated, each falling back to pure Python on its own:
@@ -24,7 +24,7 @@ from pathlib import Path as _Path
 
 from . import _stamp
 from . import core as _core
-from .domain import Asset, Instrument
+from .domain import AccountTier, Asset, Instrument
 
 _PURE = _os.environ.get("EXCHANGE_PURE_PYTHON", "") not in ("", "0")
 
@@ -95,5 +95,5 @@ if not _PURE and (_core.CBook is None or _ccore is None):
                       if _rebuild else ""),
                    RuntimeWarning, stacklevel=2)
 
-__all__ = ["Engine", "Asset", "Instrument", "BOOK_IMPLEMENTATION", "CORE_IMPLEMENTATION",
-           "available_books", "default_book"]
+__all__ = ["Engine", "Asset", "Instrument", "AccountTier", "BOOK_IMPLEMENTATION",
+           "CORE_IMPLEMENTATION", "available_books", "default_book"]

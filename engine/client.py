@@ -27,8 +27,9 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
-from .messages import (Adjust, CancelOrder, Deposit, Halt, PlaceOrder, ReplaceOrder, Resume,
-                       Withdraw)
+from .messages import (Adjust, ApproveAdjustment, ApproveWithdrawal, CancelAll, CancelOrder,
+                       Deposit, FreezeAccount, Halt, PlaceOrder, RejectWithdrawal, ReplaceOrder,
+                       RequestWithdrawal, Resume, SetAccountTier, UnfreezeAccount, Withdraw)
 from .service import protocol as P
 
 __all__ = ["Client", "ClientError", "LocalBook"]
@@ -496,8 +497,9 @@ class Client:
             post_only, stp))
 
     async def cancel(self, *, account: int, order_id: int | None = None,
-                     client_order_id: str | None = None) -> list:
-        return await self.request(CancelOrder(account, order_id, client_order_id))
+                     client_order_id: str | None = None, admin: str = "") -> list:
+        """Cancel one open order; with ``admin``, as an operator (admin sessions only)."""
+        return await self.request(CancelOrder(account, order_id, client_order_id, admin))
 
     async def replace(self, *, account: int, order_id: int, symbol: str | None = None,
                       price=None, qty=None) -> list:
@@ -520,11 +522,43 @@ class Client:
         return await self.request(Adjust(account, asset, self.amount_minor(asset, amount),
                                          admin, reason))
 
-    async def halt(self, symbol: str) -> list:
-        return await self.request(Halt(symbol))
+    async def halt(self, symbol: str, admin: str = "") -> list:
+        return await self.request(Halt(symbol, admin))
 
-    async def resume(self, symbol: str) -> list:
-        return await self.request(Resume(symbol))
+    async def resume(self, symbol: str, admin: str = "") -> list:
+        return await self.request(Resume(symbol, admin))
+
+    # ------------------------------------------------------------------ money controls
+    async def request_withdrawal(self, *, account: int, asset: str, amount, ref: str = "") -> list:
+        """Hold ``amount`` for withdrawal (treasury or admin sessions): a
+        ``WithdrawalRequested`` event, and ``WithdrawalCompleted`` too when
+        the account's tier approves it automatically."""
+        return await self.request(RequestWithdrawal(account, asset,
+                                                    self.amount_minor(asset, amount), ref))
+
+    async def approve_withdrawal(self, withdrawal_id: int, *, admin: str) -> list:
+        return await self.request(ApproveWithdrawal(withdrawal_id, admin))
+
+    async def reject_withdrawal(self, withdrawal_id: int, *, admin: str, reason: str) -> list:
+        return await self.request(RejectWithdrawal(withdrawal_id, admin, reason))
+
+    async def set_account_tier(self, account: int, tier: str, *, admin: str) -> list:
+        return await self.request(SetAccountTier(account, tier, admin))
+
+    async def freeze(self, account: int, *, admin: str, reason: str,
+                     cancel_orders: bool = True) -> list:
+        return await self.request(FreezeAccount(account, admin, reason, cancel_orders))
+
+    async def unfreeze(self, account: int, *, admin: str, reason: str) -> list:
+        return await self.request(UnfreezeAccount(account, admin, reason))
+
+    async def cancel_all(self, account: int, symbol: str | None = None, *, admin: str = "") -> list:
+        """Cancel the account's open orders (on ``symbol`` only, when given);
+        with ``admin``, as an operator (admin sessions only)."""
+        return await self.request(CancelAll(account, symbol, admin))
+
+    async def approve_adjustment(self, adjustment_id: int, *, admin: str) -> list:
+        return await self.request(ApproveAdjustment(adjustment_id, admin))
 
     # ------------------------------------------------------------------ queries
     async def balances(self, account: int) -> dict:
@@ -545,6 +579,12 @@ class Client:
         """(bids, asks): lists of (price ticks, qty lots), best first."""
         reply = await self._send(lambda rid: P.QueryDepth(rid, symbol, levels))
         return [tuple(x) for x in reply.bids], [tuple(x) for x in reply.asks]
+
+    async def pending(self, account: int | None = None):
+        """(withdrawals, adjustments) waiting for approval: ``PendingWithdrawal``
+        and (admin sessions only) ``PendingAdjustment`` lists, by id."""
+        reply = await self._send(lambda rid: P.QueryPending(rid, account))
+        return reply.withdrawals, reply.adjustments
 
     async def markets(self):
         """(assets, instruments) as the server has them."""

@@ -1,4 +1,4 @@
-"""Assets, instruments and the exact-integer arithmetic of money.
+"""Assets, instruments, account tiers and the exact-integer arithmetic of money.
 
 Inside the engine a price is an ``int`` count of ticks, a quantity an ``int``
 count of lots and an amount an ``int`` count of an asset's minor units.  This
@@ -6,8 +6,9 @@ module converts decimal strings to those counts and back and refuses any
 value that is not a whole multiple; the engine refuses at load any instrument
 whose notional (``price_ticks * qty_lots * notional_unit``) would not be a
 whole number of quote minor units or could leave int64 (``engine.core.Market``,
-beside the fee arithmetic, so both compile into the engine core).  It never
-touches floats.
+beside the fee arithmetic, so both compile into the engine core).  An
+``AccountTier`` is a fee and withdrawal-limit schedule that accounts are put
+in.  It never touches floats.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ BPS = 10_000                     # basis points in one
 FEE_BPS_MAX = BPS                # a fee can never exceed the notional
 SCALE_MAX = 18
 DEFAULT_MAX_PRICE_TICKS = 2**31 - 1
+TIER_NAME_MAX = 64               # characters
 
 
 def _decimal(value, what: str) -> Decimal:
@@ -116,6 +118,75 @@ class Instrument(msgspec.Struct, frozen=True):
 
     def lots_to_qty(self, lots: int) -> Decimal:
         return lots * Decimal(self.qty_lot)
+
+
+def _check_bps(tier: str, what: str, v) -> None:
+    if type(v) is int and v < 0:
+        raise ValueError(f"tier {tier!r}: {what} is {v}: negative fees (rebates) are not supported")
+    if type(v) is not int or v > FEE_BPS_MAX:
+        raise ValueError(f"tier {tier!r}: {what} must be an int in 0..{FEE_BPS_MAX} (basis points): {v!r}")
+
+
+def _check_amounts(tier: str, what: str, amounts) -> None:
+    if type(amounts) is not dict:
+        raise ValueError(f"tier {tier!r}: {what} must be a dict {{asset: amount_minor}}")
+    for asset, amount in amounts.items():
+        if type(asset) is not str or not asset:
+            raise ValueError(f"tier {tier!r}: {what}: an asset must be a non-empty str: {asset!r}")
+        if type(amount) is not int or not 0 <= amount <= INT64_MAX:
+            raise ValueError(f"tier {tier!r}: {what}[{asset!r}] must be an int in 0..2**63-1 "
+                             f"(minor units): {amount!r}")
+
+
+class AccountTier(msgspec.Struct, frozen=True):
+    """A VIP level: the fees and withdrawal limits of the accounts in it.
+
+    ``maker_fee_bps``/``taker_fee_bps``: the tier's rate on every market,
+    ``None`` for each instrument's own; ``symbol_fees`` {symbol: (maker_bps,
+    taker_bps)} overrides both for one market.  ``withdrawal_daily_limit``
+    {asset: amount_minor}: the most an account may request to withdraw per
+    UTC day; ``withdrawal_auto_approve`` {asset: amount_minor}: a request at or
+    under it completes at once.  An asset missing from either means no limit,
+    no auto-approval.  Fees are 0..10,000 bps: negative fees (rebates) are
+    refused.
+    """
+    name: str
+    maker_fee_bps: int | None = None
+    taker_fee_bps: int | None = None
+    symbol_fees: dict[str, tuple[int, int]] = msgspec.field(default_factory=dict)
+    withdrawal_daily_limit: dict[str, int] = msgspec.field(default_factory=dict)
+    withdrawal_auto_approve: dict[str, int] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self):
+        name = self.name
+        # the name travels in audit records (AdminAction before/after) to PostgreSQL text
+        if (type(name) is not str or not name or len(name) > TIER_NAME_MAX or "\x00" in name
+                or not _encodable(name)):
+            raise ValueError(f"tier name must be a non-empty str of at most {TIER_NAME_MAX} "
+                             f"characters that UTF-8 and PostgreSQL text can carry: {name!r}")
+        for field in ("maker_fee_bps", "taker_fee_bps"):
+            v = getattr(self, field)
+            if v is not None:
+                _check_bps(name, field, v)
+        if type(self.symbol_fees) is not dict:
+            raise ValueError(f"tier {name!r}: symbol_fees must be a dict {{symbol: (maker_bps, taker_bps)}}")
+        for symbol, fees in self.symbol_fees.items():
+            if type(symbol) is not str or not symbol:
+                raise ValueError(f"tier {name!r}: symbol_fees: a symbol must be a non-empty str: {symbol!r}")
+            if type(fees) not in (tuple, list) or len(fees) != 2:
+                raise ValueError(f"tier {name!r}: symbol_fees[{symbol!r}] must be (maker_bps, taker_bps)")
+            _check_bps(name, f"symbol_fees[{symbol!r}] maker", fees[0])
+            _check_bps(name, f"symbol_fees[{symbol!r}] taker", fees[1])
+        _check_amounts(name, "withdrawal_daily_limit", self.withdrawal_daily_limit)
+        _check_amounts(name, "withdrawal_auto_approve", self.withdrawal_auto_approve)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def __getattr__(name):

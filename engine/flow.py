@@ -25,7 +25,13 @@ Mixes (``MIXES``: shares of the drawn commands):
   ``SWEEP_LOTS`` times the usual size, each eating ~60 resting orders on
   ~18 price levels while the GTC orders refill the book;
 - ``peers``: 60% GTC, 37% cancel, 3% market orders by quantity: only what
-  every other matching engine supports (benchmarks/peers/).
+  every other matching engine supports (benchmarks/peers/);
+- ``money``: ``ledger`` plus the money controls: withdrawal requests,
+  approvals and rejections, repeated deposit refs, the clock, account tiers,
+  freezes, admin cancels and CancelAll, large adjustments and their
+  approvals.  Its engines take ``engine_options("money")`` (tiers with fees
+  and daily limits, an adjustment approval threshold); on an engine without
+  them the tier changes are rejected, nothing else differs.
 The other mixes default to the USDT markets (``market_config``), 1000
 accounts and 2000 prefill orders per symbol; ``sweep`` and ``peers`` also to
 ``sides_apart`` (buys from even accounts, sells from odd ones, so no order
@@ -43,10 +49,14 @@ from bisect import bisect_right
 from itertools import accumulate, islice
 from typing import NamedTuple
 
-from . import Asset, Engine, Instrument
+from . import AccountTier, Asset, Engine, Instrument
 from .ledger import FIRST_USER_ACCOUNT, SYSTEM_FEES
-from .messages import (Accepted, Adjust, CancelOrder, Cancelled, Deposit, Halt, PlaceOrder,
-                       Replaced, ReplaceOrder, Resume, Trade, Withdraw)
+from .messages import (Accepted, Adjust, Adjusted, AdjustmentPending, AdminAction,
+                       ApproveAdjustment, ApproveWithdrawal, CancelAll, CancelOrder, Cancelled,
+                       Clock, Deposit, FreezeAccount, Halt, PlaceOrder, RejectWithdrawal,
+                       Replaced, ReplaceOrder, RequestWithdrawal, Resume, SetAccountTier, Trade,
+                       UnfreezeAccount, Withdraw, WithdrawalCompleted, WithdrawalRejected,
+                       WithdrawalRequested)
 
 MIXES = {
     "exchange_core": {"gtc": 9, "ioc": 3, "cancel": 6, "move": 82},
@@ -60,11 +70,20 @@ MIXES = {
     "cancel_heavy": {"gtc": 45, "ioc": 5, "cancel": 45, "move": 5},
     "sweep": {"gtc": 80, "cancel": 19, "sweep": 1},
     "peers": {"gtc": 60, "cancel": 37, "market_lots": 3},
+    "money": {"gtc": 30, "ioc": 5, "fok": 2, "post_only": 4, "market": 4, "stop": 4,
+              "cancel": 12, "move": 25, "reduce": 5, "deposit": 3, "withdraw": 3, "adjust": 4,
+              "halt": 0.1, "resume": 1.9, "invalid": 2,
+              "request": 5, "approve": 2, "reject": 1, "dup_deposit": 1, "clock": 2,
+              "set_tier": 0.5, "freeze": 0.3, "unfreeze": 0.7, "cancel_all": 0.5,
+              "admin_cancel": 1, "big_adjust": 1, "approve_adjustment": 1},
 }
 # (accounts, symbols, prefill per symbol, markets) when the caller gives None
-_DEFAULTS = {"ledger": (24, None, 0, "cross")}
+_DEFAULTS = {"ledger": (24, None, 0, "cross"), "money": (24, None, 0, "cross")}
 _SIDES_APART = ("sweep", "peers")    # mixes whose sides_apart defaults to True
 SWEEP_LOTS = 60                # a sweep is this many times an ordinary order's size
+MONEY_TIERS = ("default", "vip", "pro")
+MONEY_EPOCH_NS = 1_767_225_600 * 10**9     # the money mix's first Clock: 2026-01-01 UTC
+HOUR_NS = 3_600 * 10**9
 _DEFAULT = (1000, None, 2000, "usdt")
 
 GTC_CROSS_SHARE = 0.10         # of GTC orders priced through the mid (they trade)
@@ -129,10 +148,33 @@ def market_config(symbols: int | None = None, markets: str = "usdt"):
 CROSS_ASSETS, CROSS_INSTRUMENTS = market_config(markets="cross")
 
 
-def new_engine(markets: str = "cross", symbols: int | None = None, book: str = "python") -> Engine:
-    """A fresh engine on a market set, with the engine's default limits."""
+def new_engine(markets: str = "cross", symbols: int | None = None, book: str = "python",
+               mix: str | None = None) -> Engine:
+    """A fresh engine on a market set, with the engine's default limits (and
+    the options a mix wants: ``engine_options``)."""
     assets, instruments = market_config(symbols, markets)
-    return Engine(assets, instruments, book=book)
+    return Engine(assets, instruments, book=book, **engine_options(mix, markets, symbols))
+
+
+def engine_options(mix: str | None, markets: str | None = None,
+                   symbols: int | None = None) -> dict:
+    """Engine keyword arguments a mix's stream expects (``{}`` but for
+    ``money``: tiers "default", "vip" and "pro" with fees and daily withdrawal
+    limits, and an adjustment approval threshold), for its market set."""
+    if mix != "money":
+        return {}
+    _, d_symbols, _, d_markets = _DEFAULTS[mix]
+    assets, ms, funding, _ = _markets(markets or d_markets, d_symbols if symbols is None else symbols)
+    limit = {a.name: funding[a.name] // 100 for a in assets}         # 1% of an account a day
+    auto = {a.name: funding[a.name] // 2000 for a in assets}
+    rebated = {m.instrument.symbol: (0, 3) for m in ms if m.instrument.quote != "USDT"}
+    return dict(
+        tiers=[AccountTier("default", withdrawal_daily_limit=limit, withdrawal_auto_approve=auto),
+               AccountTier("vip", maker_fee_bps=0, taker_fee_bps=5, symbol_fees=rebated,
+                           withdrawal_daily_limit={k: v * 10 for k, v in limit.items()},
+                           withdrawal_auto_approve={k: v * 10 for k, v in auto.items()}),
+               AccountTier("pro", maker_fee_bps=20, taker_fee_bps=40)],
+        adjustment_approval_threshold={a.name: funding[a.name] // 1000 for a in assets})
 
 
 class _OpenOrders:
@@ -193,7 +235,8 @@ class Flow:
         self.instruments = [m.instrument for m in self._ms]
         if engine is None:
             engine = Engine(self.assets, self.instruments, book=oracle_book,
-                            max_open_orders=MAX_OPEN_ORDERS)
+                            max_open_orders=MAX_OPEN_ORDERS,
+                            **engine_options(mix, self.markets, symbols))
         for ins in self.instruments:
             engine.market(ins.symbol)     # KeyError: the engine does not list the flow's markets
         self.engine = engine
@@ -214,6 +257,13 @@ class Flow:
         self._cid = 0
         self._step = 0
         self._started = False
+        # the money mix's view of the engine, from the events (observe)
+        self._money = mix == "money"
+        self._withdrawals: list[int] = []       # pending withdrawal ids
+        self._adjustments: list[int] = []       # pending adjustment ids
+        self._frozen: list[int] = []            # frozen accounts
+        self._last_deposit = None               # (account, asset, amount, ref)
+        self._now = MONEY_EPOCH_NS
 
     # ------------------------------------------------------------ the stream
     def commands(self, n: int | None = None):
@@ -254,6 +304,22 @@ class Flow:
                 info = open_orders.info.get(e.order_id)
                 if info is not None:
                     info[3], info[4] = e.price, e.qty
+            elif self._money:
+                self._observe_money(e, t)
+
+    def _observe_money(self, e, t) -> None:
+        if t is WithdrawalRequested:
+            self._withdrawals.append(e.withdrawal_id)
+        elif t is WithdrawalCompleted or t is WithdrawalRejected:
+            self._withdrawals.remove(e.withdrawal_id)
+        elif t is AdjustmentPending:
+            self._adjustments.append(e.adjustment_id)
+        elif t is Adjusted and e.adjustment_id:
+            self._adjustments.remove(e.adjustment_id)
+        elif t is AdminAction and e.action == "freeze":
+            self._frozen.append(e.account)
+        elif t is AdminAction and e.action == "unfreeze":
+            self._frozen.remove(e.account)
 
     def _commands(self):
         for account in range(FIRST_USER_ACCOUNT, FIRST_USER_ACCOUNT + self.accounts):
@@ -317,6 +383,13 @@ class Flow:
             kind = "gtc"          # keep the book from draining: a thin book is not the workload
         if kind == "resume" and not self._halted[s]:
             kind = "gtc"
+        if ((kind in ("approve", "reject") and not self._withdrawals)
+                or (kind == "approve_adjustment" and not self._adjustments)
+                or (kind == "unfreeze" and not self._frozen)
+                or (kind == "dup_deposit" and self._last_deposit is None)):
+            kind = "request"
+        elif kind == "admin_cancel" and not open_orders.ids:
+            kind = "gtc"
 
         if kind == "gtc" or kind == "prefill":
             return PlaceOrder(a, self._next_cid(), symbol, sd, price=price, qty=q)
@@ -371,6 +444,8 @@ class Flow:
             return ReplaceOrder(owner, oid, qty=max(1, oqty // 2))
         asset = ins.quote if (extra >> 4) & 1 else ins.base
         if kind == "deposit":
+            if self._money:
+                self._last_deposit = (a, asset, q * self._unit[asset], f"d{i}")
             return Deposit(a, asset, q * self._unit[asset], ref=f"d{i}")
         if kind == "withdraw":
             return Withdraw(a, asset, q * self._unit[asset], ref=f"w{i}")
@@ -387,6 +462,42 @@ class Flow:
             return Resume(symbol)
         if kind == "invalid":
             return self._invalid(extra >> 12, i, a, symbol, sd, price, q, pick)
+        return self._money_command(kind, i, a, symbol, asset, q, pick, extra)
+
+    def _money_command(self, kind: str, i: int, a: int, symbol: str, asset: str, q: int,
+                       pick: float, extra: int):
+        """A money-control command of the ``money`` mix, from the step's draws."""
+        admin = ("ops-ann", "ops-bo")[(extra >> 6) & 1]
+        amount = q * self._unit[asset]
+        if kind == "request":
+            return RequestWithdrawal(a, asset, amount, ref=f"r{i}" if (extra >> 5) & 1 else "")
+        if kind == "approve":
+            return ApproveWithdrawal(self._withdrawals[int(pick * len(self._withdrawals))], admin)
+        if kind == "reject":
+            return RejectWithdrawal(self._withdrawals[int(pick * len(self._withdrawals))], admin,
+                                    f"ticket-{i}")
+        if kind == "dup_deposit":       # a deposit sent twice: the second is a duplicate_ref
+            return Deposit(*self._last_deposit)
+        if kind == "clock":             # 1 to 8 hours on: days roll over now and then
+            self._now += (1 + (extra >> 8) % 8) * HOUR_NS
+            return Clock(self._now)
+        if kind == "set_tier":
+            return SetAccountTier(a, MONEY_TIERS[(extra >> 8) % 3], admin)
+        if kind == "freeze":
+            return FreezeAccount(a, admin, f"ticket-{i}", cancel_orders=bool((extra >> 2) & 1))
+        if kind == "unfreeze":
+            return UnfreezeAccount(self._frozen[int(pick * len(self._frozen))], admin,
+                                   f"ticket-{i}")
+        if kind == "cancel_all":
+            return CancelAll(a, symbol=symbol if (extra >> 2) & 1 else None,
+                             admin=admin if (extra >> 5) & 1 else "")
+        if kind == "admin_cancel":
+            oid = self._open.pick(pick)
+            return CancelOrder(self._open.info[oid][0], order_id=oid, admin=admin)
+        if kind == "big_adjust":
+            return Adjust(a, asset, amount * (1 if (extra >> 5) & 1 else -1), admin, f"ticket-{i}")
+        if kind == "approve_adjustment":
+            return ApproveAdjustment(self._adjustments[int(pick * len(self._adjustments))], admin)
         raise AssertionError(kind)  # pragma: no cover
 
     def _invalid(self, v: int, i: int, a: int, symbol: str, sd: str, price: int, q: int, pick: float):
@@ -441,7 +552,8 @@ def run(seed: int, n: int, engine=None, mix: str = "ledger", **options):
     ``new_engine()`` on the flow's markets."""
     if engine is None:
         _, d_symbols, _, d_markets = _DEFAULTS.get(mix, _DEFAULT)
-        engine = new_engine(options.get("markets") or d_markets, options.get("symbols") or d_symbols)
+        engine = new_engine(options.get("markets") or d_markets, options.get("symbols") or d_symbols,
+                            mix=mix)
     flow = Flow(mix, seed, engine=engine, **options)
     return engine, [events for _, events in flow.stream(n)]
 

@@ -24,6 +24,8 @@ __all__ = [
     "Transfer", "Adjusted", "Halted", "Resumed",
     "WithdrawalRequested", "WithdrawalCompleted", "WithdrawalRejected", "AdjustmentPending",
     "AdminAction", "Clocked",
+    # query results (Engine.pending_withdrawals / pending_adjustments; not events)
+    "PendingWithdrawal", "PendingAdjustment",
     # codecs
     "encode", "decode_command", "decode_event", "decode_events",
 ]
@@ -353,6 +355,32 @@ class Clocked(_Message):
 Event = (Accepted | Rejected | Trade | Cancelled | Replaced | Triggered | Transfer
          | Adjusted | Halted | Resumed | WithdrawalRequested | WithdrawalCompleted
          | WithdrawalRejected | AdjustmentPending | AdminAction | Clocked)
+
+
+# ------------------------------------------------------------------ query results
+class PendingWithdrawal(_Message):
+    """A requested withdrawal waiting for ApproveWithdrawal/RejectWithdrawal
+    (its amount held in the account's locked bucket); ``requested_ts_ns`` is
+    the engine's now (the last Clock) when it was requested."""
+    withdrawal_id: int
+    account: int
+    asset: str
+    amount: int
+    ref: str
+    requested_seq: int
+    requested_ts_ns: int
+
+
+class PendingAdjustment(_Message):
+    """An Adjust over the approval threshold waiting for ApproveAdjustment by
+    an admin other than ``admin``; nothing has moved yet."""
+    adjustment_id: int
+    account: int
+    asset: str
+    amount: int            # signed
+    admin: str
+    reason: str
+    requested_seq: int
 
 # ------------------------------------------------------------------ codecs
 _encoder = msgspec.msgpack.Encoder()

@@ -41,6 +41,8 @@ from engine.messages import (Accepted, AdjustmentPending, Adjusted, AdminAction,
                              WithdrawalRequested)
 from engine.reasons import ACTION_ADJUST, ACTION_ADJUST_APPROVE, ADMIN_ACTIONS
 
+AUDITED_BY_ADJUSTED = (ACTION_ADJUST, ACTION_ADJUST_APPROVE)   # AdminActions whose Adjusted row audits them
+
 from .refs import REF_KINDS
 
 __all__ = ["BatchBuilder", "MappingError", "TRANSFER_COLUMNS", "TRADE_COLUMNS", "AUDIT_COLUMNS",
@@ -261,6 +263,8 @@ class BatchBuilder:
             elif t is AdminAction:
                 if ev.action not in ADMIN_ACTIONS:
                     raise MappingError(f"unknown admin action {ev.action!r}", events)
+                if ev.action in AUDITED_BY_ADJUSTED:
+                    continue        # its Adjusted event's row says it all, with the money columns
                 # account 0: the act names no account
                 self.audit.append((seq, index, ev.account or None, None, None, ev.admin, ev.reason,
                                    None, None, ev.action, ev.target, ev.before, ev.after, None,

@@ -1030,20 +1030,22 @@ def test_depth_levels_must_be_an_int():
 # byte command by command, with the books' state compared at the end.
 MIX_RUNS = [("exchange_core", 1, 200_000), ("exchange_core", 2, 200_000),
             ("insert_heavy", 3, 200_000), ("insert_heavy", 4, 200_000),
-            ("full", 5, 100_000), ("full", 6, 100_000)]
+            ("full", 5, 100_000), ("full", 6, 100_000), ("money", 7, 100_000)]
 
 
 @needs_kernel
 @pytest.mark.parametrize("mix,seed,n", MIX_RUNS, ids=[f"{m}-{s}" for m, s, _ in MIX_RUNS])
 def test_benchmark_mixes_identical_events_on_both_books(mix, seed, n):
-    from engine.flow import generate, market_config
+    from engine.flow import engine_options, generate, market_config
     from engine.messages import encode
 
-    symbols = 2 if mix == "full" else 1
-    cmds = generate(mix, n, seed=seed, symbols=symbols, oracle_book="cython")
-    assets, instruments = market_config(symbols)
-    py = PureEngine(assets, instruments, book="python", max_open_orders=100_000)
-    cy = engine.Engine(assets, instruments, book="cython", max_open_orders=100_000)
+    symbols = {"full": 2, "money": None}.get(mix, 1)
+    markets = "cross" if mix == "money" else "usdt"
+    cmds = generate(mix, n, seed=seed, symbols=symbols, oracle_book="cython", markets=markets)
+    assets, instruments = market_config(symbols, markets)
+    options = engine_options(mix, markets, symbols)
+    py = PureEngine(assets, instruments, book="python", max_open_orders=100_000, **options)
+    cy = engine.Engine(assets, instruments, book="cython", max_open_orders=100_000, **options)
     trades = 0
     for cmd in cmds:
         a, b = encode(py.submit(cmd)), encode(cy.submit(cmd))

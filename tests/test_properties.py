@@ -2,11 +2,15 @@
 
 After each command (``check``): per asset all balances of all accounts sum to
 zero (account 0 included); each account's locked equals what its open orders
-reserve; nothing but account 0 is negative; no book is crossed
-(``Engine.validate``); and every trade obeys price-time priority: the resting
-orders one incoming order meets are exactly the front of the opposite side's
-queue as it stood before the command, each trade at the resting order's price
-and within the incoming order's limit.
+reserve plus its pending withdrawals' holds; nothing but account 0 is
+negative; no book is crossed (``Engine.validate``); every trade obeys
+price-time priority: the resting orders one incoming order meets are exactly
+the front of the opposite side's queue as it stood before the command, each
+trade at the resting order's price and within the incoming order's limit; a
+frozen account has no order accepted and nothing withdrawn; and a snapshot
+restores to the same state (every 25 commands).  The money controls (refs,
+withdrawal requests and approvals, tiers, the clock, freezes, admin cancels,
+large adjustments) are drawn along with the orders.
 """
 from __future__ import annotations
 
@@ -17,8 +21,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from support import ASSETS, BOOKS, SYMBOL, engine_class, instrument, of
-from engine.messages import (Accepted, Adjust, CancelOrder, Cancelled, Deposit, Halt, PlaceOrder, Replaced,
-                             ReplaceOrder, Resume, Trade, Triggered, Withdraw)
+from engine import AccountTier
+from engine.core import DAY_NS
+from engine.messages import (Accepted, Adjust, ApproveAdjustment, ApproveWithdrawal, CancelAll,
+                             CancelOrder, Cancelled, Clock, Deposit, FreezeAccount, Halt,
+                             PlaceOrder, RejectWithdrawal, Replaced, ReplaceOrder,
+                             RequestWithdrawal, Resume, SetAccountTier, Trade, Transfer, Triggered,
+                             UnfreezeAccount, Withdraw)
 
 ACCOUNTS = (2, 3, 4, 5)
 SIDES = ("buy", "sell")
@@ -42,9 +51,16 @@ def check(eng, cmd):
         if o is not None and o["status"] == "resting" and o["account"] == cmd.account:
             taker_side, limit = o["side"], cmd.price if cmd.price is not None else o["price"]
     queue = opposite_queue(eng, taker_side) if taker_side else None
+    frozen = {a for a in ACCOUNTS if eng.is_frozen(a)}
     events = eng.submit(cmd)
-    assert {e.seq for e in events} == {eng.seq}
+    assert {e.seq for e in events} <= {eng.seq}
+    assert events or type(cmd) is CancelAll       # only a CancelAll with nothing to do is silent
     eng.validate()
+    for e in events:
+        if type(e) is Accepted:
+            assert e.account not in frozen, "a frozen account's order accepted"
+        elif type(e) is Transfer and e.kind in ("withdraw", "withdraw_hold"):
+            assert e.source_account not in frozen, "a frozen account withdrawn from"
     if queue is not None and not of(events, Triggered):
         price_of = dict(queue)
         touched = []
@@ -90,9 +106,64 @@ _money = st.one_of(
     st.builds(lambda a, amt: Adjust(a, "USD", amt, "ops", "fix"), _account,
               st.integers(-3000, 3000).filter(bool)))
 _new = {"limit": _limit, "market": _market, "stop": _stop, "money": _money}
-# weights by repetition: mostly orders, then amends, rarely halts
+# weights by repetition: mostly orders, then amends and money controls, rarely halts
 _KIND = st.sampled_from(["limit"] * 8 + ["market"] * 2 + ["stop"] * 2 + ["cancel"] * 3
-                        + ["replace"] * 5 + ["money"] * 2 + ["control"])
+                        + ["replace"] * 5 + ["money"] * 2 + ["control"] + ["controls"] * 4)
+TIERS = [AccountTier("default", withdrawal_daily_limit={"USD": 5_000},
+                     withdrawal_auto_approve={"USD": 200}),
+         AccountTier("vip", maker_fee_bps=0, taker_fee_bps=5, symbol_fees={SYMBOL: (1, 4)},
+                     withdrawal_daily_limit={"USD": 20_000, "ABC": 100},
+                     withdrawal_auto_approve={"USD": 1_000, "ABC": 10}),
+         AccountTier("pro", maker_fee_bps=30, taker_fee_bps=60)]
+_asset = st.sampled_from(("USD", "ABC"))
+_ref = st.sampled_from(("", "r1", "r2"))
+_admin = st.sampled_from(("ann", "bo"))
+_CONTROLS = ("request", "request", "approve", "reject", "clock", "tier", "freeze", "unfreeze",
+             "cancel_all", "admin_cancel", "big_adjust", "approve_adjustment", "ref_money")
+
+
+def draw_control(data, eng, live):
+    """A money-control command, naming pending withdrawals and adjustments and live orders."""
+    kind = data.draw(st.sampled_from(_CONTROLS))
+    a = data.draw(_account)
+    if kind == "request":
+        return RequestWithdrawal(a, data.draw(_asset), data.draw(st.integers(1, 3000)),
+                                 ref=data.draw(_ref))
+    if kind in ("approve", "reject"):
+        pending = [w.withdrawal_id for w in eng.pending_withdrawals()]
+        wid = data.draw(st.sampled_from(pending)) if pending and data.draw(st.integers(0, 5)) else 99
+        if kind == "approve":
+            return ApproveWithdrawal(wid, data.draw(_admin))
+        return RejectWithdrawal(wid, data.draw(_admin), "declined")
+    if kind == "clock":
+        step = data.draw(st.sampled_from((0, 10**9, DAY_NS // 2, DAY_NS, -1)))
+        return Clock(max(0, eng.now + step) if step >= 0 else eng.now - 1)
+    if kind == "tier":
+        return SetAccountTier(a, data.draw(st.sampled_from(("default", "vip", "pro", "gold"))),
+                              data.draw(_admin))
+    if kind == "freeze":
+        return FreezeAccount(a, data.draw(_admin), "review", cancel_orders=data.draw(st.booleans()))
+    if kind == "unfreeze":
+        frozen = [x for x in ACCOUNTS if eng.is_frozen(x)]
+        if frozen and data.draw(st.integers(0, 5)):
+            a = data.draw(st.sampled_from(frozen))
+        return UnfreezeAccount(a, data.draw(_admin), "cleared")
+    if kind == "cancel_all":
+        return CancelAll(a, symbol=data.draw(st.sampled_from((None, SYMBOL))),
+                         admin=data.draw(st.sampled_from(("", "ops"))))
+    if kind == "admin_cancel":
+        oid = data.draw(st.sampled_from(live)) if live else 1
+        o = eng.order(oid)
+        return CancelOrder(o["account"] if o else a, order_id=oid, admin="ops")
+    if kind == "big_adjust":
+        return Adjust(a, "USD", data.draw(st.integers(-6000, 6000).filter(bool)), data.draw(_admin),
+                      "correction")
+    if kind == "approve_adjustment":
+        pending = [p.adjustment_id for p in eng.pending_adjustments()]
+        aid = data.draw(st.sampled_from(pending)) if pending and data.draw(st.integers(0, 5)) else 99
+        return ApproveAdjustment(aid, data.draw(_admin))
+    cls = data.draw(st.sampled_from((Deposit, Withdraw)))
+    return cls(a, data.draw(_asset), data.draw(st.integers(1, 500)), ref=data.draw(_ref))
 
 
 def draw_command(data, eng, known_ids):
@@ -105,6 +176,8 @@ def draw_command(data, eng, known_ids):
         return data.draw(st.sampled_from((Halt(SYMBOL), Resume(SYMBOL))))
     # mostly open orders; sometimes closed ones, which must be unknown by now
     live = [oid for oid in known_ids if eng.order(oid) is not None]
+    if kind == "controls":
+        return draw_control(data, eng, live)
     pool = live if live and data.draw(st.integers(0, 4)) else known_ids
     oid = data.draw(st.sampled_from(pool)) if pool else 1
     o = eng.order(oid)
@@ -121,7 +194,8 @@ class EngineMachine(RuleBasedStateMachine):
 
     @initialize()
     def setup(self):
-        self.eng = engine_class(self.book)(ASSETS, [instrument()], book=self.book, max_open_orders=50)
+        self.eng = engine_class(self.book)(ASSETS, [instrument()], book=self.book, max_open_orders=50,
+                                           tiers=TIERS, adjustment_approval_threshold={"USD": 2000})
         self.known_ids = []
         for a in ACCOUNTS:
             self.eng.submit(Deposit(a, "USD", 20_000))

@@ -11,10 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from support import ASSETS, SYMBOL, engine_class, instrument, of
+from engine import AccountTier
 from engine import reasons as R
 from engine.core import _Snapshot
-from engine.messages import (Accepted, Adjust, CancelOrder, Deposit, Halt, PlaceOrder, Rejected,
-                             ReplaceOrder, Resume, Withdraw, decode_events, encode)
+from engine.messages import (Accepted, Adjust, ApproveAdjustment, ApproveWithdrawal, CancelAll,
+                             CancelOrder, Clock, Deposit, FreezeAccount, Halt, PlaceOrder,
+                             Rejected, RejectWithdrawal, ReplaceOrder, RequestWithdrawal, Resume,
+                             SetAccountTier, UnfreezeAccount, Withdraw, decode_events, encode)
 
 INT64_MAX = 2**63 - 1
 LONE = "\ud800"            # a lone surrogate: a str UTF-8 cannot encode
@@ -59,6 +62,20 @@ CASES = {
     R.ORDER_NOT_REPLACEABLE: ([po(type="stop_limit", stop_price=150)], ReplaceOrder(2, 1, qty=5)),
     R.POST_ONLY_WOULD_TRADE: ([po(account=3, side="sell", price=100)], po(post_only=True)),
     R.FOK_UNFILLABLE: ([po(account=3, side="sell", price=100, qty=5)], po(tif="fok")),
+    # money controls (this engine: a daily USD withdrawal limit of 500,000 in the default
+    # tier, adjustments over 100,000 USD wait for a second admin)
+    R.DUPLICATE_REF: ([Deposit(2, "USD", 5, ref="wire-1")], Deposit(2, "USD", 5, ref="wire-1")),
+    R.ACCOUNT_FROZEN: ([FreezeAccount(2, "ops", "kyc")], po()),
+    R.ALREADY_FROZEN: ([FreezeAccount(2, "ops", "kyc")], FreezeAccount(2, "ops", "again")),
+    R.NOT_FROZEN: ([], UnfreezeAccount(2, "ops", "never frozen")),
+    R.UNKNOWN_TIER: ([], SetAccountTier(2, "gold", "ops")),
+    R.WITHDRAWAL_LIMIT_EXCEEDED: ([RequestWithdrawal(2, "USD", 400_000)],
+                                  RequestWithdrawal(2, "USD", 100_001)),
+    R.UNKNOWN_WITHDRAWAL: ([RequestWithdrawal(2, "USD", 5)], ApproveWithdrawal(2, "ops")),
+    R.UNKNOWN_ADJUSTMENT: ([Adjust(2, "USD", 200_000, "ann", "big")], ApproveAdjustment(2, "bo")),
+    R.SAME_ADMIN: ([Adjust(2, "USD", 200_000, "ann", "big")], ApproveAdjustment(1, "ann")),
+    R.CLOCK_BACKWARDS: ([Clock(10**18)], Clock(10**18 - 1)),
+    R.INVALID_TIME: ([], Clock(-1)),
 }
 
 
@@ -67,7 +84,10 @@ def test_every_reject_reason_has_a_case():
 
 
 def fresh(book):
-    eng = engine_class(book)(ASSETS, [instrument(min_notional=50)], book=book, max_open_orders=3)
+    eng = engine_class(book)(ASSETS, [instrument(min_notional=50)], book=book, max_open_orders=3,
+                             tiers=[AccountTier("default", withdrawal_daily_limit={"USD": 500_000}),
+                                    AccountTier("vip", maker_fee_bps=0)],
+                             adjustment_approval_threshold={"USD": 100_000})
     for account in (2, 3):
         eng.submit(Deposit(account, "USD", 1_000_000))
         eng.submit(Deposit(account, "ABC", 1_000))
@@ -123,6 +143,23 @@ def state_but_seq(eng):
     po(type="stop_market", stop_price=150, price=None, quote_qty=100, qty=False),
     po(type="stop_market", stop_price=150, price=None, quote_qty=100, qty=_Int(0)),
     po(type="market", price=None, quote_qty=100, qty=0.0),
+    # money controls: wrong types, system accounts, text the ledger cannot carry
+    RequestWithdrawal(2, "USD", 1.0), RequestWithdrawal(1, "USD", 5), RequestWithdrawal(2, "USD", 0),
+    RequestWithdrawal(2, "USD", 5, ref=NUL), RequestWithdrawal(2, "USD", 5, ref=None),
+    RequestWithdrawal(2, "USD", 2**70), RequestWithdrawal(2**70, "USD", 5),
+    ApproveWithdrawal("1", "ops"), ApproveWithdrawal(1, ""), ApproveWithdrawal(2**70, "ops"),
+    RejectWithdrawal(1, "ops", LONE), RejectWithdrawal(None, "ops", "x"),
+    SetAccountTier(0, "default", "ops"), SetAccountTier(1, "vip", "ops"),
+    SetAccountTier(2, None, "ops"), SetAccountTier(2, "default", ""), SetAccountTier(2, "vip", NUL),
+    Clock(2**63), Clock(True), Clock(1.5), Clock(None),
+    FreezeAccount(1, "ops", "x"), FreezeAccount(2, "ops", "x", cancel_orders="yes"),
+    FreezeAccount(2, "", "x"), FreezeAccount(2, "ops", ""), FreezeAccount(2, "ops", "x" * 257),
+    UnfreezeAccount(2**64, "ops", "x"), UnfreezeAccount(2, "ops", None),
+    CancelAll(2, symbol="NOPE-USD"), CancelAll(2, symbol=5), CancelAll(2, admin=NUL),
+    CancelAll(2, admin=None), CancelAll(-1), CancelAll(2**64),
+    CancelOrder(2, order_id=1, admin=LONE), CancelOrder(2, order_id=1, admin=5),
+    ApproveAdjustment(None, "ops"), ApproveAdjustment(1, None),
+    Halt(SYMBOL, admin=NUL), Resume(SYMBOL, admin=5), Adjust(2, "USD", 2**70, "a", "b"),
 ])
 def test_garbage_is_rejected_not_raised(book, bad):
     eng = fresh(book)
@@ -160,13 +197,24 @@ _junk = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_va
     st.builds(Deposit, _junk, _junk, _junk, _junk),
     st.builds(Withdraw, _junk, _junk, _junk, _junk),
     st.builds(Adjust, _junk, _junk, _junk, _junk, _junk),
-    st.builds(Halt, _junk), st.builds(Resume, _junk),
+    st.builds(Halt, _junk, _junk), st.builds(Resume, _junk, _junk),
+    st.builds(RequestWithdrawal, _junk, _junk, _junk, _junk),
+    st.builds(ApproveWithdrawal, _junk, _junk), st.builds(RejectWithdrawal, _junk, _junk, _junk),
+    st.builds(SetAccountTier, _junk, _junk, _junk), st.builds(Clock, _junk),
+    st.builds(FreezeAccount, _junk, _junk, _junk, _junk),
+    st.builds(UnfreezeAccount, _junk, _junk, _junk), st.builds(CancelAll, _junk, _junk, _junk),
+    st.builds(ApproveAdjustment, _junk, _junk), st.builds(CancelOrder, _junk, _junk, _junk, _junk),
 ))
 def test_fuzzed_fields_never_crash_or_corrupt(book, cmd):
     eng = fresh(book)
     eng.submit(po(account=3, side="sell", price=101, qty=3))
     eng.submit(po(account=2, side="buy", price=99, qty=3, cid="r"))
+    eng.submit(RequestWithdrawal(2, "USD", 7, ref="w"))           # withdrawal 1, pending
+    eng.submit(Adjust(3, "USD", -200_000, "ann", "big"))        # adjustment 1, pending
     ev = eng.submit(cmd)
     assert decode_events(encode(ev)) == ev
     eng.validate()
-    assert of(eng.submit(po(account=3, price=98, qty=1)), Accepted) or eng.market(SYMBOL).halted
+    restored = type(eng).restore(eng.snapshot(), book=book)
+    assert restored.state_hash() == eng.state_hash()
+    assert (of(eng.submit(po(account=3, price=98, qty=1)), Accepted) or eng.market(SYMBOL).halted
+            or eng.is_frozen(3))

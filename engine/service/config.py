@@ -9,9 +9,9 @@ refuse is refused here, at load, naming the instrument.  Every mistake is a
 (``server.sessions[1].role``, ``instruments[0].price_tick``) and what is
 wrong.  A token is never echoed in a message or a repr.
 
-``[[assets]]`` and ``[[instruments]]`` are the engine's own ``Asset`` and
-``Instrument`` (subclassed only to refuse unknown keys): one definition of
-their fields and checks.  ``Config.config_hash()`` digests the part that
+``[[assets]]``, ``[[instruments]]`` and ``[[tiers]]`` are the engine's own
+``Asset``, ``Instrument`` and ``AccountTier`` (subclassed only to refuse
+unknown keys): one definition of their fields and checks.  ``Config.config_hash()`` digests the part that
 shapes engine state, so a snapshot taken under another configuration can be
 recognised.
 
@@ -33,15 +33,15 @@ from typing import Annotated, Literal
 import msgspec
 
 import engine
-from engine.core import DEFAULT_MAX_OPEN_ORDERS
-from engine.domain import INT64_MAX, Asset, Instrument
+from engine.core import DEFAULT_MAX_OPEN_ORDERS, DEFAULT_TIER
+from engine.domain import INT64_MAX, AccountTier, Asset, Instrument
 from engine.ledger import FIRST_USER_ACCOUNT
 from engine.service.protocol import DEPTH_LEVELS_MAX, GATEWAY_ID_MAX
 from engine.service.journal import RECORD_BYTES_MAX
 
 __all__ = ["ConfigError", "load_config", "Config", "ServerConfig", "SessionConfig",
            "JournalConfig", "DatabaseConfig", "EngineConfig", "AssetConfig",
-           "InstrumentConfig", "ROLES", "FSYNC_POLICIES", "CONFIG_BYTES_MAX"]
+           "InstrumentConfig", "TierConfig", "ROLES", "FSYNC_POLICIES", "CONFIG_BYTES_MAX"]
 
 Role = Literal["trading", "treasury", "admin"]
 FsyncPolicy = Literal["always", "batch", "off"]
@@ -82,19 +82,22 @@ class SessionConfig(_Section):
     after load ``token`` always holds the token (read from the environment
     variable ``token_env`` names).  ``accounts``: the user accounts this
     session may act for (None: all).  ``gateway_id``: when given, the
-    hello's gateway_id must equal it."""
+    hello's gateway_id must equal it.  ``name``: who this session is in the
+    audit trail; when given, the ``admin`` field of every command it sends
+    must be this name (so a second admin's approval is a second session's)."""
     role: Role
     token: str | None = None
     token_env: str | None = None
     accounts: frozenset[int] | None = None
     gateway_id: str | None = None
+    name: str | None = None
 
     def may_act_for(self, account: int) -> bool:
         return self.accounts is None or account in self.accounts
 
     def __repr__(self) -> str:
         return (f"SessionConfig(role={self.role!r}, token=<hidden>, token_env={self.token_env!r}, "
-                f"accounts={self.accounts!r}, gateway_id={self.gateway_id!r})")
+                f"accounts={self.accounts!r}, gateway_id={self.gateway_id!r}, name={self.name!r})")
 
 
 class ServerConfig(_Section):
@@ -105,6 +108,9 @@ class ServerConfig(_Section):
     # reports kept per gateway until a hello acknowledges them
     report_retention_max: Annotated[int, msgspec.Meta(ge=0)] = 100_000
     request_window: Annotated[int, msgspec.Meta(ge=1)] = 10_000   # replies kept per gateway
+    # the server's Clock commands: while commands flow at least this often, and at
+    # every UTC midnight; 0: never (the engine's time stays where the journal has it)
+    clock_interval_ms: Annotated[int, msgspec.Meta(ge=0, le=86_400_000)] = 1000
     # market data is sent to a connection only while its unsent bytes are below this
     market_data_buffer_bytes_max: Annotated[int, msgspec.Meta(ge=4096)] = 1024 * 1024
     # levels a side, of a subscription and of a depth query
@@ -138,6 +144,9 @@ class DatabaseConfig(_Section):
 class EngineConfig(_Section):
     max_open_orders: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)] = DEFAULT_MAX_OPEN_ORDERS
     book: BookChoice = "auto"
+    default_tier: str = DEFAULT_TIER            # the tier of an account never given one
+    # {asset: minor units}: an Adjust moving more than this waits for a second admin
+    adjustment_approval_threshold: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class AssetConfig(Asset, frozen=True, forbid_unknown_fields=True):
@@ -148,6 +157,10 @@ class InstrumentConfig(Instrument, frozen=True, forbid_unknown_fields=True):
     """``engine.Instrument`` as written in ``[[instruments]]``."""
 
 
+class TierConfig(AccountTier, frozen=True, forbid_unknown_fields=True):
+    """``engine.AccountTier`` as written in ``[[tiers]]``."""
+
+
 class Config(_Section):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
@@ -155,6 +168,7 @@ class Config(_Section):
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
     assets: tuple[AssetConfig, ...] = ()
     instruments: tuple[InstrumentConfig, ...] = ()
+    tiers: tuple[TierConfig, ...] = ()
 
     def engine_assets(self) -> list[Asset]:
         return [Asset(**msgspec.structs.asdict(a)) for a in self.assets]
@@ -162,18 +176,33 @@ class Config(_Section):
     def engine_instruments(self) -> list[Instrument]:
         return [Instrument(**msgspec.structs.asdict(i)) for i in self.instruments]
 
+    def engine_tiers(self) -> list[AccountTier] | None:
+        """The ``[[tiers]]`` as ``engine.AccountTier`` (None: none given, the
+        engine's one implicit tier)."""
+        return [AccountTier(**msgspec.structs.asdict(t)) for t in self.tiers] or None
+
     def new_engine(self, *, book: str | None = None):
         """A fresh ``engine.Engine`` for this configuration."""
         return engine.Engine(self.engine_assets(), self.engine_instruments(),
                              book=self.engine.book if book is None else book,
-                             max_open_orders=self.engine.max_open_orders)
+                             max_open_orders=self.engine.max_open_orders,
+                             tiers=self.engine_tiers(), default_tier=self.engine.default_tier,
+                             adjustment_approval_threshold=self.engine.adjustment_approval_threshold)
 
     def config_hash(self) -> str:
         """Hex SHA-256 of what shapes engine state: the assets and instruments
-        (in order: order is index) with every default filled in, and
-        max_open_orders.  Not the book choice: both books behave the same."""
+        (in order: order is index) with every default filled in,
+        max_open_orders, the tiers, the default tier and the adjustment
+        approval thresholds.  Not the book choice: both books behave the same."""
         doc = {"assets": self.engine_assets(), "instruments": self.engine_instruments(),
                "max_open_orders": self.engine.max_open_orders}
+        if self.tiers or self.engine.default_tier != DEFAULT_TIER \
+                or self.engine.adjustment_approval_threshold:
+            # only when used: a configuration without them keeps its old hash (and snapshots)
+            doc["tiers"] = self.engine_tiers()
+            doc["default_tier"] = self.engine.default_tier
+            doc["adjustment_approval_threshold"] = sorted(
+                self.engine.adjustment_approval_threshold.items())
         return hashlib.sha256(_CONFIG_HASH_VERSION + msgspec.json.encode(doc)).hexdigest()
 
 
@@ -229,6 +258,7 @@ class _Checker:
         self.database(config.database)
         self.assets(config.assets)
         self.instruments(config)
+        self.tiers(config)
         self.engine(config)
         return msgspec.structs.replace(config, server=server, journal=journal)
 
@@ -283,6 +313,8 @@ class _Checker:
                     self.fail(f"{key}.accounts", f"{a} is larger than 2**63-1")
         if s.gateway_id is not None:
             self.name(f"{key}.gateway_id", s.gateway_id, "gateway id", GATEWAY_ID_MAX)
+        if s.name is not None:
+            self.name(f"{key}.name", s.name, "session name")
         return msgspec.structs.replace(s, token=token)
 
     # ---- [journal], [database]
@@ -337,6 +369,31 @@ class _Checker:
                 engine.Engine(assets, [Instrument(**msgspec.structs.asdict(ins))], book="python")
             except (ValueError, ArithmeticError) as e:
                 self.fail(_refine(key, InstrumentConfig, str(e)), str(e))
+
+    def tiers(self, config: Config):
+        assets = {a.name for a in config.assets}
+        symbols = {i.symbol for i in config.instruments}
+        first_at: dict[str, int] = {}
+        for i, t in enumerate(config.tiers):
+            key = f"tiers[{i}]"
+            self.name(f"{key}.name", t.name, "tier name")
+            j = first_at.setdefault(t.name, i)
+            if j != i:
+                self.fail(f"{key}.name", f"tier {t.name!r} already defined at tiers[{j}]")
+            for symbol in t.symbol_fees:
+                if symbol not in symbols:
+                    self.fail(f"{key}.symbol_fees", f"unknown symbol {symbol!r}")
+            for field in ("withdrawal_daily_limit", "withdrawal_auto_approve"):
+                for asset in getattr(t, field):
+                    if asset not in assets:
+                        self.fail(f"{key}.{field}", f"unknown asset {asset!r}")
+        known = [t.name for t in config.tiers] or [DEFAULT_TIER]
+        if config.engine.default_tier not in known:
+            self.fail("engine.default_tier", f"{config.engine.default_tier!r} is not a tier "
+                      f"(tiers: {', '.join(known)})")
+        for asset in config.engine.adjustment_approval_threshold:
+            if asset not in assets:
+                self.fail("engine.adjustment_approval_threshold", f"unknown asset {asset!r}")
 
     def engine(self, config: Config):
         try:

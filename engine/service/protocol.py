@@ -12,7 +12,7 @@ from __future__ import annotations
 import msgspec
 
 from ..domain import INT64_MAX, Asset, Instrument
-from ..messages import Command, Event
+from ..messages import Command, Event, PendingAdjustment, PendingWithdrawal
 
 PROTOCOL_VERSION = 1
 HEADER_BYTES = 4
@@ -98,6 +98,14 @@ class QueryMarkets(_Wire):
     request_id: int
 
 
+class QueryPending(_Wire):
+    """Withdrawals waiting for approval (of ``account``, or of every account
+    the session may act for) and, for an admin session, adjustments waiting
+    for a second admin."""
+    request_id: int
+    account: int | None = None
+
+
 class Subscribe(_Wire):
     """Market data for ``symbol``: a ``BookSnapshot`` (answering this
     request id) of up to ``depth`` levels a side, then ``BookUpdate``s.
@@ -129,9 +137,9 @@ class Bye(_Wire):
     keep_orders: bool = False
 
 
-Query = QueryBalances | QueryOpenOrders | QueryOrder | QueryDepth | QueryMarkets
+Query = QueryBalances | QueryOpenOrders | QueryOrder | QueryDepth | QueryMarkets | QueryPending
 ClientMessage = Hello | Request | QueryBalances | QueryOpenOrders | QueryOrder | QueryDepth \
-    | QueryMarkets | Subscribe | Unsubscribe | Bye
+    | QueryMarkets | QueryPending | Subscribe | Unsubscribe | Bye
 
 
 # ---------------------------------------------------------------- server -> gateway
@@ -269,8 +277,14 @@ class Unsubscribed(_Wire):
     symbol: str
 
 
+class PendingReply(_Wire):
+    request_id: int
+    withdrawals: list[PendingWithdrawal]
+    adjustments: list[PendingAdjustment]
+
+
 ServerMessage = Welcome | Reply | Report | Error | BalancesReply | OrdersReply | DepthReply \
-    | MarketsReply | BookSnapshot | BookUpdate | MarketDataResync | Unsubscribed
+    | MarketsReply | PendingReply | BookSnapshot | BookUpdate | MarketDataResync | Unsubscribed
 
 
 # ---------------------------------------------------------------- framing

@@ -28,11 +28,13 @@ import logging
 import signal
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 
 import msgspec
 
-from ..messages import Adjust, CancelOrder, Deposit, Halt, PlaceOrder, ReplaceOrder, Resume, Withdraw
+from ..messages import (Adjust, ApproveAdjustment, ApproveWithdrawal, CancelAll, CancelOrder, Clock,
+                        Deposit, FreezeAccount, Halt, PlaceOrder, RejectWithdrawal, ReplaceOrder,
+                        RequestWithdrawal, Resume, SetAccountTier, UnfreezeAccount, Withdraw)
 from . import protocol as P
 from .config import ROLES
 from .journal import JournalRecord, JournalWriteError
@@ -42,11 +44,18 @@ from .state import INTERNAL_GATEWAY_PREFIX, REUSED
 
 log = logging.getLogger("engine.service.server")
 
+_TRADING = (PlaceOrder, CancelOrder, ReplaceOrder, CancelAll)
+_TREASURY = (Deposit, Withdraw, RequestWithdrawal, ApproveWithdrawal, RejectWithdrawal)
+# no role sends Clock: the server does (time enters the engine only as a journaled command)
 ROLE_COMMANDS = {
-    "trading": (PlaceOrder, CancelOrder, ReplaceOrder),
-    "treasury": (Deposit, Withdraw),
-    "admin": (PlaceOrder, CancelOrder, ReplaceOrder, Deposit, Withdraw, Adjust, Halt, Resume),
+    "trading": _TRADING,
+    "treasury": _TREASURY,
+    "admin": _TRADING + _TREASURY + (Adjust, ApproveAdjustment, Halt, Resume, FreezeAccount,
+                                     UnfreezeAccount, SetAccountTier),
 }
+# commands that name no account: the session's accounts are checked against the
+# account of the withdrawal or adjustment they name, or not at all (a symbol)
+_NO_ACCOUNT = (Halt, Resume, ApproveWithdrawal, RejectWithdrawal, ApproveAdjustment)
 assert tuple(ROLE_COMMANDS) == ROLES, "every role the configuration accepts has its commands here"
 SETTLE_BACKLOG_MAX = 50_000             # commands waiting for the settlement writer: reading pauses
 PENDING_MAX = 20_000                    # frames read but not yet processed: reading pauses
@@ -62,7 +71,12 @@ COD_RETRY_S = 0.1                       # cancels the journal refused are tried 
 CANCEL_ON_DISCONNECT_GATEWAY = "server:cancel_on_disconnect"
 assert CANCEL_ON_DISCONNECT_GATEWAY.startswith(INTERNAL_GATEWAY_PREFIX), "no reply window for it"
 
-_KIND_COMMAND, _KIND_FRAME, _KIND_QUERY, _KIND_BYE, _KIND_CANCEL, _KIND_MARKET_DATA = range(6)
+# the journal's gateway id of the Clock commands the server sends
+CLOCK_GATEWAY = "server:clock"
+assert CLOCK_GATEWAY.startswith(INTERNAL_GATEWAY_PREFIX), "no reply window for it"
+DAY_NS = 86_400 * 1_000_000_000         # UTC days: a Clock at every midnight, flowing or not
+
+_KIND_COMMAND, _KIND_FRAME, _KIND_QUERY, _KIND_BYE, _KIND_INTERNAL, _KIND_MARKET_DATA = range(6)
 
 
 class _CancelOnDisconnect:
@@ -240,6 +254,11 @@ class Server:
         self.connections: set[_Connection] = set()
         self.gateway_conn: dict[str, _Connection] = {}
         self.pending: list = []
+        # refused requests by (role, command, reason): a trading session trying
+        # money or admin commands shows here (and in the log)
+        self.refusals: Counter = Counter()
+        self._midnight_timer = None
+        self._clock_interval_ns = 0     # from the configuration at start()
         self.reading_paused = False
         self.settle_backlog_max = SETTLE_BACKLOG_MAX
         self.pending_max = PENDING_MAX
@@ -278,6 +297,9 @@ class Server:
                                                   self.config.server.host,
                                                   self.config.server.port)
         self.port = self._listener.sockets[0].getsockname()[1]
+        self._clock_interval_ns = self.config.server.clock_interval_ms * 1_000_000
+        if self._clock_interval_ns:
+            self._arm_midnight()
         log.info("serving on %s:%s at seq %s", self.config.server.host, self.port,
                  self.state.seq)
 
@@ -307,6 +329,8 @@ class Server:
             return
         self._listener.close()
         self._listener = None
+        if self._midnight_timer is not None:
+            self._midnight_timer.cancel()
         if self.failure is None:
             self._turn()                        # the commands already read
         if self._md_timer is not None:
@@ -412,12 +436,18 @@ class Server:
     def _run_turn(self) -> None:
         self._turn_scheduled = False
         items, self.pending = self.pending, []
-        if not items:
-            return
         state = self.state
+        clock = self._clock_due(state.engine.now, bool(items))
+        if not items and clock is None:
+            return
         seq = state.seq
         records = []
         plan = []               # (conn, kind, payload) in arrival order
+        if clock is not None:   # first: the turn's commands happen at this time
+            seq += 1
+            rid = state.gateway(CLOCK_GATEWAY).last_request_id + 1
+            records.append(JournalRecord(seq, CLOCK_GATEWAY, rid, clock.ts_ns, clock))
+            plan.append((None, _KIND_INTERNAL, (CLOCK_GATEWAY, rid, clock)))
         in_turn: set[tuple[str, int]] = set()      # (gateway, request id) journaled this turn
         cod_rid = None          # the last request id given to a cancel-on-disconnect command
         cod_items = []          # this turn's cancel-on-disconnect items (retried if not journaled)
@@ -443,7 +473,8 @@ class Server:
                     command = CancelOrder(order["account"], order_id)
                     records.append(JournalRecord(seq, CANCEL_ON_DISCONNECT_GATEWAY, cod_rid,
                                                  received_ns, command))
-                    plan.append((None, _KIND_CANCEL, (cod_rid, command)))
+                    plan.append((None, _KIND_INTERNAL,
+                                 (CANCEL_ON_DISCONNECT_GATEWAY, cod_rid, command)))
                 continue
             if conn.closed:
                 continue
@@ -455,6 +486,7 @@ class Server:
                     continue
                 refusal = self._refuse(conn.session, msg.command)
                 if refusal is not None:
+                    self._refused(conn, msg.command, refusal)
                     plan.append((conn, _KIND_FRAME, P.encode_frame(P.Error(rid, *refusal))))
                     continue
                 g = state.gateway(conn.gateway_id)
@@ -527,16 +559,16 @@ class Server:
             elif kind == _KIND_MARKET_DATA:
                 touched.add(conn)
                 self._market_data_request(conn, payload, md_subscribe)
-            elif kind == _KIND_CANCEL:
-                if not journaled:               # retried (_retry_cancels), or the server stops
+            elif kind == _KIND_INTERNAL:       # the server's own: a Clock, a dropped session's cancels
+                if not journaled:               # cancels: retried (_retry_cancels); a Clock: next turn
                     continue
-                events, _, reports = state.apply(CANCEL_ON_DISCONNECT_GATEWAY, *payload)
+                events, _, reports = state.apply(*payload)
                 if backlog is not None:
                     backlog.append(events)
                 if reports:
                     reports_out.extend(reports)
                 if md_note is not None:
-                    md_note(payload[1], events)
+                    md_note(payload[2], events)
             else:
                 touched.discard(conn)
                 if payload.keep_orders:
@@ -728,15 +760,83 @@ class Server:
         if self._listener is not None and self.failure is None and self.pending:
             self.schedule_turn()
 
+    # ------------------------------------------------------------------ time
+    def _clock_due(self, engine_now: int, flowing: bool):
+        """The Clock this turn starts with, or None: when commands flow and the
+        wall clock has moved on by ``server.clock_interval_ms`` since the
+        engine's now, and at every UTC midnight (a timer wakes an idle server
+        for it); never with the interval 0.  A wall clock behind the engine's
+        now (stepped back) sends nothing: the engine's time never moves
+        backwards."""
+        interval = self._clock_interval_ns
+        if not interval:
+            return None
+        now_ns = time.time_ns()
+        if now_ns <= engine_now:
+            return None
+        if (flowing and now_ns - engine_now >= interval) \
+                or now_ns // DAY_NS != engine_now // DAY_NS:
+            return Clock(now_ns)
+        return None
+
+    def _midnight(self) -> None:
+        """A turn at each UTC midnight, so the engine's day moves on even
+        when no command flows (daily withdrawal limits reset)."""
+        if self._listener is None or self.failure is not None:
+            return
+        self.schedule_turn()
+        self._arm_midnight()
+
+    def _arm_midnight(self) -> None:
+        wait_s = (DAY_NS - time.time_ns() % DAY_NS) / 1e9 + 0.001
+        self._midnight_timer = asyncio.get_running_loop().call_later(wait_s, self._midnight)
+
+    # ------------------------------------------------------------------ permissions
     def _refuse(self, session, command):
         """(reason, detail) when the session may not send this command, else None."""
-        if type(command) not in ROLE_COMMANDS[session.role]:
-            return P.ERR_NOT_PERMITTED, f"role {session.role} may not send {type(command).__name__}"
-        if session.accounts is not None and type(command) not in (Halt, Resume):
-            account = command.account
+        t = type(command)
+        if t not in ROLE_COMMANDS[session.role]:
+            return P.ERR_NOT_PERMITTED, f"role {session.role} may not send {t.__name__}"
+        admin = getattr(command, "admin", None)
+        if admin and session.role != "admin" and t in _TRADING:
+            return P.ERR_NOT_PERMITTED, f"only an admin session cancels as admin ({t.__name__})"
+        if session.name is not None and admin is not None and admin != session.name \
+                and not (admin == "" and t in _TRADING):
+            return P.ERR_NOT_PERMITTED, (f"{t.__name__}: admin must be this session's name "
+                                         f"{session.name!r}, not {admin!r}")
+        if session.accounts is not None:
+            if t in _NO_ACCOUNT:
+                account = self._named_account(command)
+                if account is None:
+                    return None         # a symbol, or an id the engine will answer unknown
+            else:
+                account = command.account
             if type(account) is not int or account not in session.accounts:
                 return P.ERR_ACCOUNT_NOT_PERMITTED, f"account {account!r}"
         return None
+
+    def _named_account(self, command):
+        """The account of the pending withdrawal or adjustment a command names."""
+        engine = self.state.engine
+        t = type(command)
+        if t is ApproveWithdrawal or t is RejectWithdrawal:
+            for w in engine.pending_withdrawals():
+                if w.withdrawal_id == command.withdrawal_id:
+                    return w.account
+        elif t is ApproveAdjustment:
+            for a in engine.pending_adjustments():
+                if a.adjustment_id == command.adjustment_id:
+                    return a.account
+        return None
+
+    def _refused(self, conn, command, refusal) -> None:
+        """Count a refused request (``Server.refusals``, by role, command and
+        reason) and log it: a trading session's attempt at money or admin
+        commands is something an operator wants to see."""
+        key = (conn.session.role, type(command).__name__, refusal[0])
+        self.refusals[key] += 1
+        log.warning("refused %s from gateway %s (role %s): %s: %s", key[1], conn.gateway_id,
+                    key[0], refusal[0], refusal[1])
 
     def _answer(self, session, q) -> bytes:
         engine = self.state.engine
@@ -765,6 +865,16 @@ class Server:
             bids, asks = engine.depth(q.symbol, levels)
             return P.encode_frame(P.DepthReply(q.request_id, q.symbol, engine.seq,
                                                list(bids), list(asks)))
+        if t is P.QueryPending:
+            if q.account is not None and not session.may_act_for(q.account):
+                return P.encode_frame(P.Error(q.request_id, P.ERR_ACCOUNT_NOT_PERMITTED,
+                                              f"account {q.account}"))
+            withdrawals = [w for w in engine.pending_withdrawals(q.account)
+                           if session.may_act_for(w.account)]
+            adjustments = ([a for a in engine.pending_adjustments()
+                            if q.account in (None, a.account) and session.may_act_for(a.account)]
+                           if session.role == "admin" else [])
+            return P.encode_frame(P.PendingReply(q.request_id, withdrawals, adjustments))
         return P.encode_frame(P.MarketsReply(q.request_id, list(engine.assets),
                                              list(engine.instruments)))
 

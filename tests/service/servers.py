@@ -15,6 +15,7 @@ CONFIG = """
 [server]
 host = "127.0.0.1"
 port = {port}
+clock_interval_ms = {clock_interval_ms}
 [[server.sessions]]
 token = "tok-trading"
 role = "trading"
@@ -86,11 +87,14 @@ qty_lot = "0.0001"
 
 def write_config(folder: Path, *, port: int = 0, fsync: str = "batch",
                  snapshot_every: int = 1_000_000, database_url: str | None = None,
-                 database_extra: str = "", segment_bytes_max: int = 64 << 20) -> Path:
+                 database_extra: str = "", segment_bytes_max: int = 64 << 20,
+                 clock_interval_ms: int = 0) -> Path:
+    """The test configuration.  ``clock_interval_ms`` 0: the server sends no
+    Clock, so a test's commands are the journal's seqs one for one."""
     path = Path(folder) / "exchange.toml"
     path.write_text(CONFIG.format(
         port=port, journal=Path(folder) / "journal", fsync=fsync, snapshot_every=snapshot_every,
-        segment_bytes_max=segment_bytes_max,
+        segment_bytes_max=segment_bytes_max, clock_interval_ms=clock_interval_ms,
         database="true" if database_url else "false",
         url=f'url = "{database_url}"' if database_url else "", database_extra=database_extra))
     return path

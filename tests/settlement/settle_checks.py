@@ -20,6 +20,7 @@ import asyncio
 import asyncpg
 
 from engine.messages import Accepted, Adjusted, AdminAction, Trade, Transfer
+from settlement.rows import AUDITED_BY_ADJUSTED
 from engine.reasons import ACTION_ADJUST, ACTION_ADJUST_APPROVE
 
 AUDIT_SELECT = ("SELECT seq, event_index, account_id, asset_id, amount, admin, reason, "
@@ -54,7 +55,7 @@ def expected_rows(commands, asset_ids):
                 trades.append((ev.trade_id, ev.seq, i, ev.symbol, ev.price, ev.qty,
                                ev.maker_order_id, ev.taker_order_id, ev.maker_account,
                                ev.taker_account, ev.taker_side, ev.maker_fee, ev.taker_fee))
-            elif t is Adjusted or t is AdminAction:
+            elif t is Adjusted or t is AdminAction and ev.action not in AUDITED_BY_ADJUSTED:
                 audit.append(expected_audit_row(ev, i, asset_ids))
             elif t is Accepted:
                 accepted.add(ev.order_id)
