@@ -252,6 +252,13 @@ class _Checker:
         if not value.isprintable() or any(c.isspace() for c in value):
             self.fail(key, f"{what} {value!r} has spaces or control characters")
 
+    def once(self, first_at: dict, section: str, i: int, field: str, value: str, what: str):
+        """``section[i].field`` names a ``what`` no earlier entry of the section named."""
+        j = first_at.setdefault(value, i)
+        if j != i:
+            self.fail(f"{section}[{i}].{field}", f"{what} {value!r} already defined at "
+                      f"{section}[{j}]")
+
     def check(self, config: Config) -> Config:
         server = self.server(config.server)
         journal = self.journal(config.journal, server)
@@ -344,9 +351,7 @@ class _Checker:
         first_at: dict[str, int] = {}
         for i, a in enumerate(assets):
             self.name(f"assets[{i}].name", a.name, "asset name")
-            j = first_at.setdefault(a.name, i)
-            if j != i:
-                self.fail(f"assets[{i}].name", f"asset {a.name!r} already defined at assets[{j}]")
+            self.once(first_at, "assets", i, "name", a.name, "asset")
 
     def instruments(self, config: Config):
         if not config.instruments:
@@ -357,10 +362,7 @@ class _Checker:
         for i, ins in enumerate(config.instruments):
             key = f"instruments[{i}]"
             self.name(f"{key}.symbol", ins.symbol, "symbol")
-            j = first_at.setdefault(ins.symbol, i)
-            if j != i:
-                self.fail(f"{key}.symbol", f"instrument {ins.symbol!r} already defined at "
-                          f"instruments[{j}]")
+            self.once(first_at, "instruments", i, "symbol", ins.symbol, "instrument")
             for side in ("base", "quote"):
                 if getattr(ins, side) not in names:
                     self.fail(f"{key}.{side}", f"{ins.symbol}: unknown asset "
@@ -377,9 +379,7 @@ class _Checker:
         for i, t in enumerate(config.tiers):
             key = f"tiers[{i}]"
             self.name(f"{key}.name", t.name, "tier name")
-            j = first_at.setdefault(t.name, i)
-            if j != i:
-                self.fail(f"{key}.name", f"tier {t.name!r} already defined at tiers[{j}]")
+            self.once(first_at, "tiers", i, "name", t.name, "tier")
             for symbol in t.symbol_fees:
                 if symbol not in symbols:
                     self.fail(f"{key}.symbol_fees", f"unknown symbol {symbol!r}")
