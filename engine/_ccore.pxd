@@ -154,6 +154,7 @@ cdef class Engine:
     @cython.locals(m=Market)
     cdef _resume(self, c)
     cdef _money_args(self, c, min_account)
+    cdef _money_ref_args(self, c, min_account, namespace)
     cdef _supply_room(self, asset)
     cdef bint _ref_used(self, namespace, account, asset, ref) except -1
     cdef _use_ref(self, namespace, account, asset, ref)

@@ -1353,16 +1353,25 @@ class Engine:
         rows.sort()
         return rows
 
+    def _money_ref_args(self, c, min_account: int, namespace: str):
+        """``_money_args`` of a command with a ``ref`` in ``namespace``: the ref
+        checked first, then the account, asset and amount, then that the ref is
+        new; returns (asset index, account) or None (rejected)."""
+        if not _is_ref(c.ref, False):
+            self._reject(c.account, "", R.INVALID_REF)
+            return None
+        args = self._money_args(c, min_account)
+        if args is not None and self._ref_used(namespace, c.account, args[0], c.ref):
+            self._reject(c.account, "", R.DUPLICATE_REF)
+            return None
+        return args
+
     def _deposit(self, c: Deposit) -> None:
         ref = c.ref
-        if not _is_ref(ref, False):
-            return self._reject(c.account, "", R.INVALID_REF)
-        args = self._money_args(c, FIRST_USER_ACCOUNT)
+        args = self._money_ref_args(c, FIRST_USER_ACCOUNT, REF_DEPOSIT)
         if args is None:
             return
         asset, a = args
-        if self._ref_used(REF_DEPOSIT, c.account, asset, ref):
-            return self._reject(c.account, "", R.DUPLICATE_REF)
         if c.amount > self._supply_room(asset):
             return self._reject(c.account, "", R.AMOUNT_OVERFLOW)
         self._use_ref(REF_DEPOSIT, c.account, asset, ref)
@@ -1371,14 +1380,11 @@ class Engine:
 
     def _withdraw(self, c: Withdraw) -> None:
         ref = c.ref
-        if not _is_ref(ref, False):
-            return self._reject(c.account, "", R.INVALID_REF)
-        args = self._money_args(c, SYSTEM_FEES)    # fees may be swept out of account 1
+        # fees may be swept out of account 1
+        args = self._money_ref_args(c, SYSTEM_FEES, REF_WITHDRAW)
         if args is None:
             return
         asset, a = args
-        if self._ref_used(REF_WITHDRAW, c.account, asset, ref):
-            return self._reject(c.account, "", R.DUPLICATE_REF)
         if a.frozen:
             return self._reject(c.account, "", R.ACCOUNT_FROZEN)
         b = a.bal
@@ -1392,15 +1398,11 @@ class Engine:
         """Hold the amount (available -> locked) until an admin approves or
         rejects it; at or under the tier's auto-approval amount it leaves at once."""
         ref = c.ref
-        if not _is_ref(ref, False):
-            return self._reject(c.account, "", R.INVALID_REF)
-        args = self._money_args(c, FIRST_USER_ACCOUNT)
+        args = self._money_ref_args(c, FIRST_USER_ACCOUNT, REF_WITHDRAW)
         if args is None:
             return
         asset, a = args
         account, amount = c.account, c.amount
-        if self._ref_used(REF_WITHDRAW, account, asset, ref):
-            return self._reject(account, "", R.DUPLICATE_REF)
         if a.frozen:
             return self._reject(account, "", R.ACCOUNT_FROZEN)
         b = a.bal
