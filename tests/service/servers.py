@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+from engine.client import Client
 from engine.service.config import load_config
 from engine.service.server import Server
 
@@ -110,6 +111,12 @@ async def serving(folder: Path, **kw):
     finally:
         server.request_stop()
         await server.serve()
+
+
+async def connect(server, role="trading", gateway_id=None, **kw):
+    """A client of the in-process server with the test token of ``role``."""
+    return await Client.connect("127.0.0.1", server.port, token=TOKENS[role],
+                                gateway_id=gateway_id or f"gw-{role}", **kw)
 
 
 def run(coro):

@@ -28,15 +28,10 @@ from engine.service.market_data import MarketData
 from engine.service.recovery import open_journal, replay
 from engine.service.server import CANCEL_ON_DISCONNECT_GATEWAY, Server
 from engine.service.state import ServiceState
-from servers import TOKENS, run, serving, write_config
+from servers import TOKENS, connect, run, serving, write_config
 
 SYMBOLS = ("BTC-USDT", "ETH-BTC")
 MID = {"BTC-USDT": 3_000_000, "ETH-BTC": 6_670}
-
-
-async def connect(server, role="trading", gateway_id=None, **kw):
-    return await Client.connect("127.0.0.1", server.port, token=TOKENS[role],
-                                gateway_id=gateway_id or f"gw-{role}", **kw)
 
 
 async def fund(server, *accounts):

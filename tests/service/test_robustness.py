@@ -11,17 +11,12 @@ import pytest
 
 import engine.service.journal as journal_module
 import engine.service.server as server_module
-from engine.client import Client, ClientError
+from engine.client import ClientError
 from engine.messages import Deposit, PlaceOrder, Trade, Transfer, Triggered, Withdraw
 from engine.service import protocol as P
-from servers import TOKENS, run, serving, write_config
+from servers import TOKENS, connect, run, serving, write_config
 
 SYM = "BTC-USDT"
-
-
-async def connect(server, role="trading", gateway_id=None, **kw):
-    return await Client.connect("127.0.0.1", server.port, token=TOKENS[role],
-                                gateway_id=gateway_id or f"gw-{role}", **kw)
 
 
 def test_a_request_id_carrying_another_command_is_refused_not_answered(tmp_path):

@@ -15,14 +15,9 @@ from engine.client import Client, ClientError
 from engine.messages import (Accepted, CancelOrder, Deposit, PlaceOrder, Rejected, Replaced, Trade,
                              Transfer)
 from engine.service import protocol as P
-from servers import TOKENS, run, serving
+from servers import TOKENS, connect, run, serving
 
 SYM = "BTC-USDT"
-
-
-async def connect(server, role="trading", gateway_id=None, **kw):
-    return await Client.connect("127.0.0.1", server.port, token=TOKENS[role],
-                                gateway_id=gateway_id or f"gw-{role}", **kw)
 
 
 async def fund(server, *accounts):
